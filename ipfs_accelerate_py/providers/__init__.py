@@ -1,0 +1,1 @@
+"""Translation between the normalized types and each wire protocol (no sockets, no Ray)."""
