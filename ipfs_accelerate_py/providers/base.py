@@ -220,8 +220,12 @@ class Provider:
             for chunk in decoder.close():
                 yield chunk
 
-    def estimate_tokens(self, op: str, request: Request) -> int:
-        """Tokens to reserve at admission (prompt estimate + expected output)."""
+    @classmethod
+    def estimate_tokens(cls, op: str, request: Request) -> int:
+        """Tokens to reserve at admission (prompt estimate + expected output).
+
+        A classmethod: the router estimates before it knows which key will run
+        the request, so the estimate may depend on the request only."""
         from ..core import tokens
         if isinstance(request, ChatRequest):
             prompt = tokens.count_message_tokens([m.to_openai() for m in request.messages], request.model)
