@@ -60,6 +60,20 @@ PROTOCOLS: dict[str, FakeSpec] = {
                      "/openai/v1", "Groq OpenAI-compatible API"),
     "claude": FakeSpec("claude", "ipfs_accelerate_py.testing.fakes.claude:make_app", {},
                        "", "Anthropic Messages API"),
+    "gemini": FakeSpec("gemini", "ipfs_accelerate_py.testing.fakes.gemini:make_app", {},
+                       "/v1beta", "Google Gemini API (generateContent, streaming, embeddings, countTokens)"),
+    "ollama": FakeSpec("ollama", "ipfs_accelerate_py.testing.fakes.ollama:make_app", {},
+                       "", "Ollama native API (/api/chat, generate, embed, tags, show, ps)"),
+    "hf_tgi": FakeSpec("hf_tgi", "ipfs_accelerate_py.testing.fakes.hf_tgi:make_app", {},
+                       "", "Hugging Face Text Generation Inference"),
+    "hf_tei": FakeSpec("hf_tei", "ipfs_accelerate_py.testing.fakes.hf_tei:make_app", {},
+                       "", "Hugging Face Text Embeddings Inference"),
+    "llvm": FakeSpec("llvm", "ipfs_accelerate_py.testing.fakes.llvm:make_app", {},
+                     "", "LLVM-style inference server (PROTOCOLS.md section 11)"),
+    "ovms": FakeSpec("ovms", "ipfs_accelerate_py.testing.fakes.ovms:make_app", {},
+                     "", "OpenVINO Model Server (KServe v2 and /v3 OpenAI-compatible)"),
+    "opea": FakeSpec("opea", "ipfs_accelerate_py.testing.fakes.opea:make_app", {},
+                     "", "OPEA microservices and the ChatQnA megaservice"),
 }
 
 
