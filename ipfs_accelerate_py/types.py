@@ -22,7 +22,7 @@ OPERATIONS = (
     "count_tokens", "images", "transcribe", "translate", "speech", "moderate",
     "rerank", "infer", "model_info", "health", "chatqna", "stream_chatqna",
     "s3_put", "s3_get", "s3_head", "s3_list", "s3_delete", "s3_upload", "s3_download",
-    "s3_presign",
+    "s3_presign", "running_models",
 )
 STREAMING_OPERATIONS = ("stream_chat", "stream_complete", "stream_chatqna")
 
@@ -124,6 +124,8 @@ def coerce_messages(messages: Any) -> list[Message]:
     shapes seed code uses.
     """
     if isinstance(messages, str):
+        if not messages.strip():
+            raise InvalidRequestError("the prompt must not be empty", code="empty_messages")
         return [Message(role="user", content=messages)]
     if not isinstance(messages, (list, tuple)):
         raise InvalidRequestError(

@@ -67,3 +67,7 @@ def fake_claude(fake_claude_session: FakeHandle) -> FakeHandle:
 def fake_api_key() -> str:
     return f"sk-test-{uuid.uuid4().hex}"
 # --- end fakes fixtures ---
+
+
+# --- ray fixtures ---
+from ray_fixtures import make_gateway, ray_session  # noqa: E402,F401

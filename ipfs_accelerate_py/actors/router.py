@@ -1,0 +1,797 @@
+"""RouterActor: priority queues, key selection, failover and retries.
+
+Every request runs as one coroutine here: validate, resolve the model to the
+endpoints that serve it, wait for a *lease* on an endpoint, make one attempt
+through that endpoint's actor, and on failure decide whether to fail over to
+another key at once, back off, or give up with the typed error.
+
+The dispatcher hands out leases in global priority order (HIGH before NORMAL
+before LOW, FIFO within a level) and only to endpoints that can take the
+request now: circuit not open, not cooling down after a 429, limiter headroom
+and a free concurrency slot.  Requests wait here, in the router's bounded
+queues, instead of hammering a provider that has already said "slow down".
+The router keeps a shadow of each key's limiter so it schedules without
+asking; the endpoint actors stay the authority and correct the shadow with
+the state snapshot that comes back with every answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import difflib
+import heapq
+import itertools
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import ray
+from ray.exceptions import RayActorError
+
+try:  # Ray >= 2.10 distinguishes a temporarily unreachable actor
+    from ray.exceptions import ActorUnavailableError
+except ImportError:  # pragma: no cover
+    ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
+
+from .. import errors
+from ..config import EndpointConfig, GatewayConfig
+from ..core.backoff import RetryPolicy
+from ..core.limiter import RateLimiter
+from ..core.priority import Priority, PriorityQueue, QueueBound, parse_priority
+from ..core.selection import EndpointView, make_strategy
+from ..providers.base import canonical_name, get_provider_class
+from ..types import (STREAMING_OPERATIONS, ChatRequest, EmbeddingRequest, ModelInfo, OperationRequest,
+                     StreamChunk, build_chat_request, build_embedding_request)
+from . import metrics, naming
+from .endpoint import EndpointActor, Outcome
+
+log = logging.getLogger(__name__)
+
+_ACTOR_GONE = (RayActorError, ActorUnavailableError)
+#: if every key is open for longer than this, fail at once instead of queueing
+FAIL_FAST_OPEN_S = 1.0
+#: a restarting endpoint actor is left alone this long before the next try
+ACTOR_RESTART_PAUSE_S = 0.2
+
+
+# ---------------------------------------------------------------------------
+# The router's view of one endpoint
+# ---------------------------------------------------------------------------
+
+class _Slot:
+    def __init__(self, info: dict, handle: Any) -> None:
+        self.id: str = info["id"]
+        self.handle = handle
+        self.provider: str = info["provider"]
+        self.provider_cls = get_provider_class(self.provider)
+        self.models: list[str] = list(info.get("models") or [])
+        self.default_model: str | None = info.get("default_model")
+        self.weight = float(info.get("weight") or 1.0)
+        self.max_concurrent = int(info.get("max_concurrent_requests") or 1)
+        self.shadow = RateLimiter(info.get("rpm"), info.get("tpm"), burst_s=float(info.get("burst_s") or 1.0))
+        self.in_flight = 0
+        self.circuit = "CLOSED"
+        self.retry_at = 0.0
+        self.cooldown_until = 0.0
+        self.last_error: str | None = None
+
+    def serves(self, model: str | None) -> bool:
+        if model is None:
+            return True
+        if self.models:
+            return model in self.models
+        return self.provider_cls.claims_model(model)
+
+    def state(self, now: float, est_tokens: int) -> tuple[str, float]:
+        """(kind, seconds to wait): ok, busy (wait for a completion), open,
+        cool (after a 429) or limit (rate-limit headroom)."""
+        if self.circuit == "OPEN":
+            if now < self.retry_at:
+                return "open", self.retry_at - now
+            if self.in_flight > 0:  # one probe at a time
+                return "busy", math.inf
+        elif self.circuit == "HALF_OPEN" and self.in_flight > 0:
+            return "busy", math.inf
+        if now < self.cooldown_until:
+            return "cool", self.cooldown_until - now
+        if self.in_flight >= self.max_concurrent:
+            return "busy", math.inf
+        wait = self.shadow.time_until_available(est_tokens)
+        if wait > 0:
+            return "limit", wait
+        return "ok", 0.0
+
+    def apply(self, state: dict | None, now: float) -> None:
+        if not state:
+            return
+        self.circuit = state.get("circuit", self.circuit)
+        self.retry_at = now + float(state.get("retry_in") or 0.0)
+        self.cooldown_until = max(self.cooldown_until, now + float(state.get("cooldown_s") or 0.0))
+        self.shadow.observe_remaining(state.get("requests_available"), state.get("tokens_available"))
+        if state.get("max_concurrent"):
+            self.max_concurrent = int(state["max_concurrent"])
+
+    def view(self) -> EndpointView:
+        return EndpointView(id=self.id, in_flight=self.in_flight, max_concurrent=self.max_concurrent,
+                            weight=self.weight, headroom=self.shadow.headroom())
+
+
+@dataclass(eq=False)
+class _Job:
+    op: str
+    request: Any
+    priority: Priority
+    request_id: str
+    group: tuple[str, ...]
+    est_tokens: int
+    deadline: float
+    lease: asyncio.Future | None = None
+    avoid: set[str] = field(default_factory=set)
+    retries: int = 0
+    failovers: int = 0
+    last_error: errors.GatewayError | None = None
+    seq: int = 0
+    #: the shadow-limiter reservation of the current attempt
+    reservation: Any = None
+
+
+# ---------------------------------------------------------------------------
+# The actor
+# ---------------------------------------------------------------------------
+
+class RouterActor:
+    def __init__(self, config: GatewayConfig, *, enable_metrics: bool = True) -> None:
+        self.config = config
+        self.namespace = config.namespace
+        self.name = config.name
+        self.retry = RetryPolicy(**config.retry)
+        self.strategy = make_strategy(config.strategy)
+        self.aliases = dict(config.aliases)
+        self.bound = QueueBound(config.queue_size)
+        self._queues: dict[tuple[str, ...], PriorityQueue[_Job]] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._enable_metrics = enable_metrics
+        self._metrics = metrics.RouterMetrics(self.name) if enable_metrics else None
+        self._last_depth_report = 0.0
+        self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "retries": 0, "failovers": 0,
+                         "rejected_queue_full": 0, "streams": 0}
+        self._ready: asyncio.Task | None = None
+        for ep in config.endpoints:
+            if ep.enabled:
+                self._attach(ep)
+
+    def __repr__(self) -> str:
+        return f"RouterActor(name={self.name!r}, namespace={self.namespace!r}, endpoints={len(self._slots)})"
+
+    # -- endpoint registry -------------------------------------------------------
+    def _attach(self, ep: EndpointConfig) -> _Slot:
+        handle = _create_endpoint_actor(self.config, ep, self._enable_metrics)
+        info = {"id": ep.id, "provider": canonical_name(ep.provider), "models": ep.models,
+                "default_model": ep.default_model, "rpm": ep.rpm, "tpm": ep.tpm, "burst_s": ep.burst_s,
+                "max_concurrent_requests": ep.max_concurrent_requests, "weight": ep.weight}
+        slot = _Slot(info, handle)
+        self._slots[ep.id] = slot
+        return slot
+
+    async def _ensure_ready(self) -> None:
+        """Re-attach to endpoints added at run time by an earlier incarnation of
+        this router (it may have been restarted after a crash)."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._discover())
+        await asyncio.shield(self._ready)
+
+    async def _discover(self) -> None:
+        prefix = naming.endpoint_prefix(self.config)
+        try:
+            named = ray.util.list_named_actors(all_namespaces=True)
+        except Exception:  # noqa: BLE001 - discovery is best effort
+            return
+        for entry in named:
+            if entry.get("namespace") != self.namespace or not entry["name"].startswith(prefix):
+                continue
+            endpoint_id = entry["name"][len(prefix):]
+            if endpoint_id in self._slots:
+                continue
+            try:
+                handle = ray.get_actor(entry["name"], namespace=self.namespace)
+                info = await handle.describe.remote()
+            except Exception:  # noqa: BLE001 - a dying actor is simply not re-attached
+                continue
+            self._slots[endpoint_id] = _Slot(info, handle)
+
+    async def add_endpoint(self, endpoint: dict | EndpointConfig) -> dict:
+        await self._ensure_ready()
+        ep = endpoint if isinstance(endpoint, EndpointConfig) else _endpoint_from_dict(endpoint, self.config)
+        if ep.id in self._slots:
+            raise errors.ConfigError(f"endpoint id {ep.id!r} already exists")
+        slot = self._attach(ep)
+        await slot.handle.ready.remote()
+        self._pump()
+        return await slot.handle.describe.remote()
+
+    async def remove_endpoint(self, endpoint_id: str) -> bool:
+        await self._ensure_ready()
+        slot = self._slots.pop(endpoint_id, None)
+        if slot is None:
+            raise errors.NotFoundError(f"no endpoint {endpoint_id!r}; endpoints: {', '.join(sorted(self._slots))}")
+        try:
+            await slot.handle.close.remote()
+        except Exception:  # noqa: BLE001
+            pass
+        ray.kill(slot.handle, no_restart=True)
+        self._pump()  # requests that only this endpoint could serve fail now
+        return True
+
+    async def endpoints(self) -> list[dict]:
+        await self._ensure_ready()
+        return list(await asyncio.gather(*(s.handle.describe.remote() for s in self._slots.values())))
+
+    async def set_strategy(self, name: str) -> str:
+        self.strategy = make_strategy(name)
+        return self.strategy.name
+
+    async def configure(self, **settings: Any) -> dict:
+        """Change router settings at run time (queue bound, retry policy)."""
+        if "queue_size" in settings:
+            size = int(settings.pop("queue_size"))
+            if size < 1:
+                raise errors.ConfigError("queue_size must be at least 1")
+            self.bound.maxsize = size
+        retry_fields = {k: settings.pop(k) for k in list(settings) if k in RetryPolicy.__dataclass_fields__}
+        if retry_fields:
+            self.retry = self.retry.with_overrides(**retry_fields)
+        if "strategy" in settings:
+            self.strategy = make_strategy(settings.pop("strategy"))
+        if settings:
+            raise errors.ConfigError(f"unknown router settings: {', '.join(sorted(settings))}")
+        return {"queue_size": self.bound.maxsize, "strategy": self.strategy.name,
+                **{k: getattr(self.retry, k) for k in RetryPolicy.__dataclass_fields__}}
+
+    async def configure_endpoint(self, endpoint_id: str, **changes: Any) -> dict:
+        slot = self._slot(endpoint_id)
+        info = await slot.handle.configure.remote(**changes)
+        slot.max_concurrent = int(info["max_concurrent_requests"])
+        if any(k in changes for k in ("rpm", "tpm", "burst_s")):
+            slot.shadow.configure(rpm=info["rpm"], tpm=info["tpm"], burst_s=info["burst_s"])
+        self._pump()
+        return info
+
+    def _slot(self, endpoint_id: str) -> _Slot:
+        if endpoint_id not in self._slots:
+            raise errors.NotFoundError(
+                f"no endpoint {endpoint_id!r}; endpoints: {', '.join(sorted(self._slots)) or 'none'}")
+        return self._slots[endpoint_id]
+
+    # -- model resolution ----------------------------------------------------------
+    def _resolve(self, op: str, model: str | None, *, endpoint_id: str | None = None,
+                 provider: str | None = None) -> tuple[tuple[str, ...], str | None]:
+        """The endpoints that can run ``op`` for ``model`` and the model name to send upstream."""
+        upstream = model
+        if endpoint_id is not None:
+            slot = self._slot(endpoint_id)
+            candidates = [slot]
+            if model and "/" in model and model.split("/", 1)[0] in (slot.provider, slot.id):
+                upstream = model.split("/", 1)[1]
+        else:
+            if model is not None:
+                model = self.aliases.get(model, model)
+                upstream = model
+            candidates = []
+            if provider is not None:
+                want = canonical_name(provider)
+                candidates = [s for s in self._slots.values() if s.provider == want]
+                if model is not None:
+                    candidates = [s for s in candidates if not s.models or model in s.models]
+            elif model is not None and "/" in model:
+                prefix, rest = model.split("/", 1)
+                if prefix in self._slots:
+                    candidates, upstream = [self._slots[prefix]], rest
+                else:
+                    want = canonical_name(prefix)
+                    by_provider = [s for s in self._slots.values() if s.provider == want]
+                    if by_provider:
+                        upstream = rest
+                        candidates = [s for s in by_provider if not s.models or rest in s.models]
+            if not candidates and model is not None:
+                explicit = [s for s in self._slots.values() if model in s.models]
+                candidates = explicit or [s for s in self._slots.values() if not s.models and s.serves(model)]
+            if model is None and not candidates and provider is None:
+                candidates = list(self._slots.values())
+        if not candidates:
+            raise self._unknown_model(model)
+        able = [s for s in candidates if s.provider_cls.supports(op)]
+        if not able:
+            providers = sorted({s.provider for s in candidates})
+            supported = sorted(set().union(*(s.provider_cls.operations for s in candidates)))
+            raise errors.UnsupportedOperationError(
+                f"{op!r} is not supported for {model or 'this request'} (providers: {', '.join(providers)}; "
+                f"they support {', '.join(supported)})")
+        return tuple(sorted(s.id for s in able)), upstream
+
+    def _unknown_model(self, model: str | None) -> errors.UnknownModelError:
+        known = sorted(self._known_models())
+        close = difflib.get_close_matches(model or "", known, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else (
+            f"; configured models: {', '.join(known[:20])}" if known else "; no endpoints are configured")
+        return errors.UnknownModelError(f"no endpoint serves {model!r}{hint}", suggestions=close)
+
+    def _known_models(self) -> set[str]:
+        names = set(self.aliases)
+        for s in self._slots.values():
+            names.update(s.models)
+            names.update(f"{s.provider}/{m}" for m in s.models)
+            if s.default_model:
+                names.add(s.default_model)
+        return names
+
+    # -- the public operations --------------------------------------------------------
+    async def chat(self, model: str, messages: Any, *, priority: Any = None, request_id: str | None = None,
+                   endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
+        request = build_chat_request(model, messages, params)
+        return await self._submit("chat", request, model, priority, request_id, endpoint_id, timeout_s)
+
+    async def complete(self, model: str, prompt: Any, *, priority: Any = None, request_id: str | None = None,
+                       endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise errors.InvalidRequestError("prompt must be a non-empty string or list of strings")
+        request = OperationRequest(op="complete", model=model, params={"prompt": prompt, **params})
+        return await self._submit("complete", request, model, priority, request_id, endpoint_id, timeout_s)
+
+    async def embed(self, model: str, input: Any, *, priority: Any = None, request_id: str | None = None,
+                    endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
+        request = build_embedding_request(model, input, params)
+        return await self._submit("embed", request, model, priority, request_id, endpoint_id, timeout_s)
+
+    async def call(self, op: str, model: str | None = None, *, provider: str | None = None,
+                   priority: Any = None, request_id: str | None = None, endpoint_id: str | None = None,
+                   timeout_s: float | None = None, **params: Any):
+        """Any other operation (images, speech, rerank, S3 ...), routed like chat."""
+        if op in ("chat", "embed") or op in STREAMING_OPERATIONS:
+            raise errors.InvalidRequestError(f"use the dedicated method for {op!r}")
+        request = OperationRequest(op=op, model=model, params=params)
+        return await self._submit(op, request, model, priority, request_id, endpoint_id, timeout_s,
+                                  provider=provider)
+
+    async def stream_chat(self, model: str, messages: Any, *, priority: Any = None,
+                          request_id: str | None = None, endpoint_id: str | None = None,
+                          timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
+        params.pop("stream", None)
+        request = build_chat_request(model, messages, {**params, "stream": True})
+        async for chunk in self._stream("stream_chat", request, model, priority, request_id, endpoint_id,
+                                        timeout_s):
+            yield chunk
+
+    async def stream_complete(self, model: str, prompt: Any, *, priority: Any = None,
+                              request_id: str | None = None, endpoint_id: str | None = None,
+                              timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
+        request = OperationRequest(op="stream_complete", model=model, params={"prompt": prompt, **params})
+        async for chunk in self._stream("stream_complete", request, model, priority, request_id, endpoint_id,
+                                        timeout_s):
+            yield chunk
+
+    # -- one request, start to finish ---------------------------------------------------
+    def _new_job(self, op: str, request: Any, model: str | None, priority: Any, request_id: str | None,
+                 endpoint_id: str | None, timeout_s: float | None, provider: str | None = None) -> _Job:
+        prio = parse_priority(priority)
+        if request_id is not None and (not isinstance(request_id, str) or not request_id or len(request_id) > 256):
+            raise errors.InvalidRequestError("request_id must be a non-empty string of at most 256 characters")
+        rid = request_id or f"req_{uuid.uuid4().hex[:24]}"
+        group, upstream = self._resolve(op, model, endpoint_id=endpoint_id, provider=provider)
+        if upstream is not None and hasattr(request, "model"):
+            request.model = upstream
+        est = _estimate(self._slots[group[0]], op, request)
+        deadline = time.monotonic() + float(timeout_s or self.config.request_timeout_s)
+        return _Job(op=op, request=request, priority=prio, request_id=rid, group=group, est_tokens=est,
+                    deadline=deadline, seq=next(self._seq))
+
+    async def _submit(self, op: str, request: Any, model: str | None, priority: Any, request_id: str | None,
+                      endpoint_id: str | None, timeout_s: float | None, provider: str | None = None):
+        await self._ensure_ready()
+        job = self._new_job(op, request, model, priority, request_id, endpoint_id, timeout_s, provider)
+        self.counters["submitted"] += 1
+        retrying = False
+        while True:
+            slot = await self._lease(job, front=retrying)
+            try:
+                outcome = await slot.handle.execute.remote(op, job.request, job.request_id, job.est_tokens)
+            except _ACTOR_GONE:
+                outcome = self._actor_gone(slot, job)
+            except asyncio.CancelledError:
+                self._release(slot, job, None)
+                raise
+            self._release(slot, job, outcome)
+            if outcome.error is None:
+                self.counters["succeeded"] += 1
+                self._finished("ok")
+                return outcome.value
+            delay = self._decide(job, slot, outcome.error)
+            if delay is None:
+                self.counters["failed"] += 1
+                self._finished(type(outcome.error).__name__)
+                raise outcome.error
+            if delay > 0:
+                await asyncio.sleep(delay)
+            retrying = True
+
+    async def _stream(self, op: str, request: Any, model: str | None, priority: Any, request_id: str | None,
+                      endpoint_id: str | None, timeout_s: float | None) -> AsyncIterator[StreamChunk]:
+        await self._ensure_ready()
+        job = self._new_job(op, request, model, priority, request_id, endpoint_id, timeout_s)
+        self.counters["submitted"] += 1
+        self.counters["streams"] += 1
+        retrying = False
+        while True:
+            slot = await self._lease(job, front=retrying)
+            delivered = 0
+            outcome: Outcome | None = None
+            try:
+                async for ref in slot.handle.stream.remote(op, job.request, job.request_id, job.est_tokens):
+                    item = await ref
+                    if isinstance(item, Outcome):
+                        outcome = item
+                        break
+                    delivered += 1
+                    yield item
+            except _ACTOR_GONE:
+                outcome = self._actor_gone(slot, job)
+            except (asyncio.CancelledError, GeneratorExit):
+                self._release(slot, job, None)
+                raise
+            if outcome is None:
+                outcome = Outcome(error=errors.StreamInterruptedError(
+                    "stream from the endpoint ended without its final status", endpoint_id=slot.id,
+                    request_id=job.request_id))
+            self._release(slot, job, outcome)
+            if outcome.error is None:
+                self.counters["succeeded"] += 1
+                self._finished("ok")
+                return
+            err = outcome.error
+            if delivered:
+                # part of the answer already reached the caller: never retry, never truncate silently
+                self.counters["failed"] += 1
+                self._finished("StreamInterruptedError")
+                raise errors.StreamInterruptedError(
+                    f"stream broke after {delivered} chunks: {err}", provider=err.provider,
+                    endpoint_id=err.endpoint_id or slot.id, request_id=job.request_id, status=err.status)
+            delay = self._decide(job, slot, err)
+            if delay is None:
+                self.counters["failed"] += 1
+                self._finished(type(err).__name__)
+                raise err
+            if delay > 0:
+                await asyncio.sleep(delay)
+            retrying = True
+
+    def _actor_gone(self, slot: _Slot, job: _Job) -> Outcome:
+        """The endpoint actor died with our request in flight: Ray restarts it;
+        the request is re-dispatched (the caller sees it complete once)."""
+        slot.cooldown_until = time.monotonic() + ACTOR_RESTART_PAUSE_S
+        err = errors.ConnectionError(f"endpoint actor {slot.id} died; re-dispatching", endpoint_id=slot.id,
+                                     request_id=job.request_id, retryable=True, code="actor_died")
+        return Outcome(error=err)
+
+    def _decide(self, job: _Job, slot: _Slot, err: errors.GatewayError) -> float | None:
+        """None to give up, else seconds to wait before the next attempt."""
+        err.with_context(request_id=job.request_id)
+        job.last_error = err
+        job.avoid.add(slot.id)
+        slot.last_error = str(err)
+        key_problem = isinstance(err, (errors.AuthenticationError, errors.PermissionDeniedError)) or (
+            isinstance(err, errors.RateLimitError) and not err.retryable)
+        if not err.retryable and not key_problem:
+            return None
+        now = time.monotonic()
+        others = [s for s in (self._slots.get(i) for i in job.group) if s is not None and s.id != slot.id
+                  and s.state(now, job.est_tokens)[0] != "open"]
+        failover = key_problem or isinstance(err, (errors.RateLimitError, errors.CircuitOpenError)) or (
+            err.code == "actor_died")
+        if key_problem and not others:
+            return None
+        if failover:
+            job.failovers += 1
+            self.counters["failovers"] += 1
+            if job.failovers > self.retry.max_retries + 2 * len(job.group):
+                return None
+            if self._metrics:
+                self._metrics.retry(type(err).__name__)
+            return 0.0  # the endpoint's own state (cooldown/open) keeps it out of the next lease
+        job.retries += 1
+        self.counters["retries"] += 1
+        if job.retries > self.retry.max_retries:
+            return None
+        if self._metrics:
+            self._metrics.retry(type(err).__name__)
+        if others:
+            return 0.0  # prefer another key right away
+        if err.retry_after is not None and 0 <= err.retry_after <= 120:
+            return err.retry_after
+        return self.retry.delay(job.retries - 1)
+
+    # -- leasing ---------------------------------------------------------------------
+    async def _lease(self, job: _Job, front: bool = False) -> _Slot:
+        loop = asyncio.get_running_loop()
+        job.lease = loop.create_future()
+        queue = self._queues.get(job.group)
+        if queue is None:
+            queue = self._queues[job.group] = PriorityQueue(bound=self.bound)
+        if front:
+            queue.push_front(job, job.priority)
+        else:
+            try:
+                queue.push(job, job.priority)
+            except errors.QueueFullError as exc:
+                self.counters["rejected_queue_full"] += 1
+                exc.with_context(request_id=job.request_id)
+                raise
+        self._pump()
+        try:
+            return await job.lease
+        except asyncio.CancelledError:
+            if job.lease.done() and not job.lease.cancelled() and job.lease.exception() is None:
+                self._release(job.lease.result(), job, None)  # leased just as the caller left
+            else:
+                q = self._queues.get(job.group)
+                if q is not None:
+                    q.remove(job)
+            raise
+
+    def _release(self, slot: _Slot, job: _Job, outcome: Outcome | None) -> None:
+        """End one attempt: free the slot, settle the shadow reservation with the
+        real usage, and take in the endpoint's state."""
+        slot.in_flight = max(0, slot.in_flight - 1)
+        reservation, job.reservation = job.reservation, None
+        if outcome is not None:
+            usage = getattr(outcome.value, "usage", None)
+            if reservation is not None and usage is not None and usage.total_tokens:
+                slot.shadow.reconcile(reservation, usage.total_tokens)
+            slot.apply(outcome.state, time.monotonic())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand out leases in global priority order to every job that can run now."""
+        now = time.monotonic()
+        heads: list[tuple[int, int, tuple[str, ...]]] = []
+        for group, queue in list(self._queues.items()):
+            if not queue:
+                del self._queues[group]
+                continue
+            job, prio = queue.peek()
+            heapq.heappush(heads, (int(prio), job.seq, group))
+        wake = math.inf
+        while heads:
+            _, _, group = heapq.heappop(heads)
+            queue = self._queues[group]
+            job, _ = queue.peek()
+            if job.lease is None or job.lease.done():
+                queue.pop()
+            elif now >= job.deadline:
+                queue.pop()
+                job.lease.set_exception(job.last_error or errors.TimeoutError(
+                    f"request waited {self.config.request_timeout_s:.0f}s without an endpoint becoming free",
+                    request_id=job.request_id))
+            else:
+                slot, wait = self._choose(job, now)
+                if slot is None:
+                    if wait is None:
+                        queue.pop()
+                        job.lease.set_exception(self._no_endpoint_error(job))
+                    else:
+                        wake = min(wake, now + wait, job.deadline)
+                        continue  # this group is blocked; others may still run
+                else:
+                    queue.pop()
+                    slot.in_flight += 1
+                    job.reservation = slot.shadow.try_acquire(job.est_tokens)
+                    job.lease.set_result(slot)
+            if queue:
+                nxt, prio = queue.peek()
+                heapq.heappush(heads, (int(prio), nxt.seq, group))
+            else:
+                self._queues.pop(group, None)
+        self._schedule(wake)
+        self._report_depth(now)
+
+    def _choose(self, job: _Job, now: float) -> tuple[_Slot | None, float | None]:
+        """(slot, None) to run now; (None, seconds) to wait; (None, None) to fail now."""
+        usable: list[_Slot] = []
+        wait = math.inf
+        open_waits: list[float] = []
+        alive = 0
+        for endpoint_id in job.group:
+            slot = self._slots.get(endpoint_id)
+            if slot is None:
+                continue
+            alive += 1
+            kind, seconds = slot.state(now, job.est_tokens)
+            if kind == "ok":
+                usable.append(slot)
+            elif kind == "open":
+                open_waits.append(seconds)
+                wait = min(wait, seconds)
+            else:
+                wait = min(wait, seconds)
+        if usable:
+            preferred = [s for s in usable if s.id not in job.avoid] or usable
+            chosen = self.strategy.select([s.view() for s in preferred])
+            if chosen is not None:
+                return self._slots[chosen.id], None
+            return None, 0.05
+        if alive == 0:
+            return None, None
+        if len(open_waits) == alive and min(open_waits) > FAIL_FAST_OPEN_S:
+            return None, None
+        return None, wait
+
+    def _no_endpoint_error(self, job: _Job) -> errors.GatewayError:
+        if job.last_error is not None and not isinstance(job.last_error, errors.CircuitOpenError):
+            return job.last_error
+        slots = [self._slots[i] for i in job.group if i in self._slots]
+        if not slots:
+            return errors.UnknownModelError(
+                f"the endpoints that served this request were removed ({', '.join(job.group)})",
+                request_id=job.request_id)
+        reasons = "; ".join(f"{s.id}: {s.last_error}" for s in slots if s.last_error)
+        retry = min(max(0.0, s.retry_at - time.monotonic()) for s in slots)
+        return errors.CircuitOpenError(
+            f"every endpoint for this request is open ({', '.join(s.id for s in slots)}); retry in "
+            f"{retry:.0f}s" + (f"; last errors: {reasons}" if reasons else ""),
+            request_id=job.request_id, retry_after=retry)
+
+    def _schedule(self, at: float) -> None:
+        if at == math.inf:
+            return
+        if self._timer is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = at
+        self._timer = loop.call_at(loop.time() + max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._pump()
+
+    def _report_depth(self, now: float) -> None:
+        if self._metrics is None or now - self._last_depth_report < 0.5:
+            return
+        self._last_depth_report = now
+        self._metrics.depth(self._queue_counts())
+
+    def _finished(self, outcome: str) -> None:
+        if self._metrics:
+            self._metrics.finished(outcome)
+
+    # -- introspection ----------------------------------------------------------------
+    def _queue_counts(self) -> dict[str, int]:
+        totals = {"HIGH": 0, "NORMAL": 0, "LOW": 0}
+        for queue in self._queues.values():
+            for level, n in queue.counts().items():
+                totals[level] += n
+        return totals
+
+    async def queue_info(self) -> dict:
+        await self._ensure_ready()
+        counts = self._queue_counts()
+        return {
+            "size": sum(counts.values()), "capacity": self.bound.maxsize, "by_priority": counts,
+            "active_requests": sum(s.in_flight for s in self._slots.values()),
+            "endpoints": {s.id: {"in_flight": s.in_flight, "max_concurrent": s.max_concurrent,
+                                 "circuit": s.circuit} for s in self._slots.values()},
+        }
+
+    async def stats(self, endpoint_id: str | None = None) -> dict:
+        await self._ensure_ready()
+        if endpoint_id is not None:
+            return await self._slot(endpoint_id).handle.stats.remote()
+        ids = list(self._slots)
+        results = await asyncio.gather(*(self._slots[i].handle.stats.remote() for i in ids),
+                                       return_exceptions=True)
+        per = {i: (r if not isinstance(r, BaseException) else {"error": errors.redact(r)[:200]})
+               for i, r in zip(ids, results)}
+        totals = {k: sum(p.get(k, 0) for p in per.values() if "error" not in p)
+                  for k in ("total_requests", "successful_requests", "failed_requests", "rate_limited",
+                            "input_tokens", "output_tokens", "total_tokens")}
+        totals["cost_usd"] = round(sum(p.get("cost_usd", 0.0) for p in per.values() if "error" not in p), 8)
+        return {"endpoints_count": len(per), **totals, "router": dict(self.counters),
+                "queue": self._queue_counts(), "strategy": self.strategy.name, "endpoints": per}
+
+    async def reset_stats(self) -> None:
+        await asyncio.gather(*(s.handle.reset_stats.remote() for s in self._slots.values()))
+        for k in self.counters:
+            self.counters[k] = 0
+
+    async def circuit_state(self, endpoint_id: str | None = None) -> Any:
+        await self._ensure_ready()
+        if endpoint_id is not None:
+            return await self._slot(endpoint_id).handle.circuit_state.remote()
+        ids = list(self._slots)
+        states = await asyncio.gather(*(self._slots[i].handle.circuit_state.remote() for i in ids))
+        return dict(zip(ids, states))
+
+    async def circuit_metrics(self, endpoint_id: str | None = None) -> Any:
+        await self._ensure_ready()
+        if endpoint_id is not None:
+            return await self._slot(endpoint_id).handle.circuit_metrics.remote()
+        ids = list(self._slots)
+        result = await asyncio.gather(*(self._slots[i].handle.circuit_metrics.remote() for i in ids))
+        return dict(zip(ids, result))
+
+    async def list_models(self, live: bool = False) -> list[ModelInfo]:
+        """Models the gateway routes: configured ones, plus each endpoint's live
+        list when ``live`` (for endpoints whose provider can list models)."""
+        await self._ensure_ready()
+        seen: dict[tuple[str, str], ModelInfo] = {}
+        for s in self._slots.values():
+            for m in s.models:
+                seen.setdefault((s.provider, m), ModelInfo(id=m, provider=s.provider, endpoint_id=s.id))
+        for alias, target in self.aliases.items():
+            seen.setdefault(("alias", alias), ModelInfo(id=alias, provider="alias", description=f"alias of {target}"))
+        if live:
+            calls = [(s, self._submit("models", OperationRequest(op="models"), None, "HIGH", None, s.id, None))
+                     for s in self._slots.values() if s.provider_cls.supports("models")]
+            results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
+            for (s, _), res in zip(calls, results):
+                if isinstance(res, BaseException):
+                    continue
+                for info in res:
+                    info.endpoint_id = info.endpoint_id or s.id
+                    info.provider = info.provider or s.provider
+                    seen.setdefault((s.provider, info.id), info)
+        return list(seen.values())
+
+    async def health(self) -> dict:
+        await self._ensure_ready()
+        states = await self.circuit_state()
+        healthy = [i for i, st in states.items() if st != "OPEN"]
+        return {"status": "ok" if healthy else "degraded", "endpoints": states,
+                "healthy_endpoints": len(healthy), "queue": self._queue_counts()}
+
+    async def ping(self) -> str:
+        return "pong"
+
+    async def shutdown_endpoints(self) -> int:
+        """Kill every endpoint actor (used by Gateway.shutdown)."""
+        n = 0
+        for slot in list(self._slots.values()):
+            try:
+                await slot.handle.close.remote()
+            except Exception:  # noqa: BLE001
+                pass
+            ray.kill(slot.handle, no_restart=True)
+            n += 1
+        self._slots.clear()
+        for queue in self._queues.values():
+            for job in queue.clear():
+                if job.lease is not None and not job.lease.done():
+                    job.lease.set_exception(errors.CircuitOpenError("the gateway is shutting down",
+                                                                    request_id=job.request_id))
+        return n
+
+
+def _estimate(slot: _Slot, op: str, request: Any) -> int:
+    """Tokens to reserve for one request (an estimate must never fail a request)."""
+    if not isinstance(request, (ChatRequest, EmbeddingRequest)):
+        return 0
+    try:
+        return int(slot.provider_cls.estimate_tokens(op, request))
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _endpoint_from_dict(data: dict, config: GatewayConfig) -> EndpointConfig:
+    from ..config import endpoint_from_dict
+    return endpoint_from_dict(data, defaults=config.endpoint_defaults)
+
+
+def _create_endpoint_actor(config: GatewayConfig, ep: EndpointConfig, enable_metrics: bool):
+    cls = ray.remote(EndpointActor)
+    return cls.options(**naming.endpoint_actor_options(config, ep.id)).remote(
+        ep, config.circuit, enable_metrics=enable_metrics)

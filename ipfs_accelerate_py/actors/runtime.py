@@ -1,0 +1,61 @@
+"""Start or attach to the actor system: Ray itself, then the named router."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+
+from .. import errors
+from ..config import GatewayConfig
+from . import naming
+from .router import RouterActor
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(**init_kwargs: Any) -> None:
+    """``ray.init()`` only when Ray is not running in this process yet.
+
+    RAY_ADDRESS (set by ``ray job submit`` and on cluster nodes) is honoured by
+    ray.init itself; without it a local instance starts.
+    """
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True,
+                              "log_to_driver": True}
+    if not os.environ.get("RAY_ADDRESS"):
+        cpus = os.environ.get("IPFS_ACCELERATE_NUM_CPUS")
+        if cpus:
+            kwargs["num_cpus"] = int(cpus)
+    kwargs.update(init_kwargs)
+    ray.init(**kwargs)
+
+
+def start_router(config: GatewayConfig, *, enable_metrics: bool = True, timeout_s: float = 60.0):
+    """Create the router (or reuse the one already running under this name)."""
+    cls = ray.remote(RouterActor)
+    handle = cls.options(**naming.router_actor_options(config)).remote(config, enable_metrics=enable_metrics)
+    ray.get(handle.ping.remote(), timeout=timeout_s)
+    return handle
+
+
+def get_router(namespace: str, name: str, timeout_s: float = 30.0):
+    """The running router, waiting for it while it restarts."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            handle = ray.get_actor(naming.router_name(name), namespace=namespace)
+            ray.get(handle.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return handle
+        except ValueError as exc:  # not created (yet)
+            last = exc
+        except Exception as exc:  # noqa: BLE001 - restarting; try again
+            last = exc
+        time.sleep(0.2)
+    raise errors.ConnectionError(
+        f"no gateway router named {name!r} in namespace {namespace!r} "
+        f"(start one with Gateway.start): {type(last).__name__ if last else 'timeout'}")

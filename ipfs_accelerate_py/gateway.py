@@ -1,0 +1,249 @@
+"""Gateway: the driver-side facade over the router actor.
+
+Sync and async methods with the router's keyword arguments, typed errors
+unwrapped from Ray's wrappers, and one extra guarantee: if the router actor
+dies while a call is in flight, the call is repeated (same request id) once
+the router is back, so a caller sees each request end exactly once.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator, Mapping
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+try:
+    from ray.exceptions import ActorUnavailableError
+except ImportError:  # pragma: no cover
+    ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
+
+from . import errors
+from .actors import runtime
+from .config import GatewayConfig, load_config
+from .types import ChatResponse, EmbeddingResponse, ModelInfo, OperationResponse, StreamChunk
+
+_ROUTER_GONE = (RayActorError, ActorUnavailableError)
+#: how long a call waits for a crashed router to come back
+ROUTER_RECOVERY_S = 60.0
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps an actor's exception in RayTaskError; callers want ours."""
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return cause
+    return exc
+
+
+class Gateway:
+    """Handle on a running gateway.  Create with ``Gateway.start`` or ``Gateway.connect``."""
+
+    def __init__(self, router: Any, *, namespace: str, name: str, config: GatewayConfig | None = None) -> None:
+        self._router = router
+        self.namespace = namespace
+        self.name = name
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"Gateway(name={self.name!r}, namespace={self.namespace!r})"
+
+    # -- lifecycle -------------------------------------------------------------
+    @classmethod
+    def start(cls, config: GatewayConfig | Mapping | str | Path | None = None, *,
+              ray_init: Mapping[str, Any] | None = None, enable_metrics: bool = True,
+              **overrides: Any) -> "Gateway":
+        """Start the actor system for ``config`` (dict, YAML path, GatewayConfig,
+        or None for environment/.env discovery), or attach to the router already
+        running under the same name and namespace."""
+        cfg = config if isinstance(config, GatewayConfig) and not overrides else load_config(config, **overrides)
+        runtime.ensure_ray(**dict(ray_init or {}))
+        router = runtime.start_router(cfg, enable_metrics=enable_metrics)
+        return cls(router, namespace=cfg.namespace, name=cfg.name, config=cfg)
+
+    @classmethod
+    def connect(cls, namespace: str = "ipfs_accelerate", name: str = "ia", *,
+                timeout_s: float = 30.0) -> "Gateway":
+        """Attach to a gateway another job started in the cluster."""
+        runtime.ensure_ray()
+        return cls(runtime.get_router(namespace, name, timeout_s), namespace=namespace, name=name)
+
+    @property
+    def router(self) -> Any:
+        """The router actor handle: ``ray.get(gw.router.chat.remote(...))`` works from any task."""
+        return self._router
+
+    def shutdown(self) -> None:
+        """Stop the router and every endpoint actor of this gateway."""
+        try:
+            ray.get(self._router.shutdown_endpoints.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - shutting down what is already gone is fine
+            pass
+        try:
+            ray.kill(self._router, no_restart=True)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self) -> "Gateway":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # -- plumbing ----------------------------------------------------------------
+    def _reattach(self, deadline: float) -> None:
+        self._router = runtime.get_router(self.namespace, self.name, max(1.0, deadline - time.monotonic()))
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        while True:
+            try:
+                return ray.get(getattr(self._router, method).remote(*args, **kwargs))
+            except _ROUTER_GONE:
+                if time.monotonic() > deadline:
+                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+                self._reattach(deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    async def _acall(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        while True:
+            try:
+                return await getattr(self._router, method).remote(*args, **kwargs)
+            except _ROUTER_GONE:
+                if time.monotonic() > deadline:
+                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+                await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    @staticmethod
+    def _with_id(kwargs: dict) -> dict:
+        # fixed before the first try, so a repeat after a router crash keeps the id
+        if not kwargs.get("request_id"):
+            kwargs["request_id"] = f"req_{uuid.uuid4().hex[:24]}"
+        return kwargs
+
+    # -- requests: sync --------------------------------------------------------------
+    def chat(self, model: str, messages: Any, **kwargs: Any) -> ChatResponse:
+        return self._call("chat", model, messages, **self._with_id(kwargs))
+
+    def complete(self, model: str, prompt: Any, **kwargs: Any) -> ChatResponse:
+        return self._call("complete", model, prompt, **self._with_id(kwargs))
+
+    def embed(self, model: str, input: Any, **kwargs: Any) -> EmbeddingResponse:
+        return self._call("embed", model, input, **self._with_id(kwargs))
+
+    def call(self, op: str, model: str | None = None, **kwargs: Any) -> Any:
+        """Any other operation: images, transcribe, speech, moderate, rerank, infer, s3_* ..."""
+        return self._call("call", op, model, **self._with_id(kwargs))
+
+    def stream_chat(self, model: str, messages: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+        return self._stream("stream_chat", model, messages, **self._with_id(kwargs))
+
+    def stream_complete(self, model: str, prompt: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+        return self._stream("stream_complete", model, prompt, **self._with_id(kwargs))
+
+    def _stream(self, method: str, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        delivered = 0
+        while True:
+            try:
+                for ref in getattr(self._router, method).remote(*args, **kwargs):
+                    chunk = ray.get(ref)
+                    delivered += 1
+                    yield chunk
+                return
+            except _ROUTER_GONE:
+                if delivered:
+                    raise errors.StreamInterruptedError(
+                        f"the router died after {delivered} chunks", request_id=kwargs.get("request_id")) from None
+                if time.monotonic() > deadline:
+                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+                self._reattach(deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    # -- requests: async ----------------------------------------------------------------
+    async def achat(self, model: str, messages: Any, **kwargs: Any) -> ChatResponse:
+        return await self._acall("chat", model, messages, **self._with_id(kwargs))
+
+    async def acomplete(self, model: str, prompt: Any, **kwargs: Any) -> ChatResponse:
+        return await self._acall("complete", model, prompt, **self._with_id(kwargs))
+
+    async def aembed(self, model: str, input: Any, **kwargs: Any) -> EmbeddingResponse:
+        return await self._acall("embed", model, input, **self._with_id(kwargs))
+
+    async def acall(self, op: str, model: str | None = None, **kwargs: Any) -> Any:
+        return await self._acall("call", op, model, **self._with_id(kwargs))
+
+    async def astream_chat(self, model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+        self._with_id(kwargs)
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        delivered = 0
+        while True:
+            try:
+                async for ref in self._router.stream_chat.remote(model, messages, **kwargs):
+                    chunk = await ref
+                    delivered += 1
+                    yield chunk
+                return
+            except _ROUTER_GONE:
+                if delivered:
+                    raise errors.StreamInterruptedError(
+                        f"the router died after {delivered} chunks", request_id=kwargs.get("request_id")) from None
+                if time.monotonic() > deadline:
+                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+                await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    # -- management -------------------------------------------------------------------
+    def list_models(self, live: bool = False) -> list[ModelInfo]:
+        return self._call("list_models", live)
+
+    def stats(self, endpoint_id: str | None = None) -> dict:
+        return self._call("stats", endpoint_id)
+
+    def reset_stats(self) -> None:
+        self._call("reset_stats")
+
+    def queue_info(self) -> dict:
+        return self._call("queue_info")
+
+    def circuit_state(self, endpoint_id: str | None = None) -> Any:
+        return self._call("circuit_state", endpoint_id)
+
+    def circuit_metrics(self, endpoint_id: str | None = None) -> Any:
+        return self._call("circuit_metrics", endpoint_id)
+
+    def health(self) -> dict:
+        return self._call("health")
+
+    def endpoints(self) -> list[dict]:
+        return self._call("endpoints")
+
+    def add_endpoint(self, endpoint: Mapping[str, Any]) -> dict:
+        return self._call("add_endpoint", dict(endpoint))
+
+    def remove_endpoint(self, endpoint_id: str) -> bool:
+        return self._call("remove_endpoint", endpoint_id)
+
+    def set_strategy(self, name: str) -> str:
+        return self._call("set_strategy", name)
+
+    def configure(self, **settings: Any) -> dict:
+        """Router settings at run time: queue_size, strategy, retry policy fields."""
+        return self._call("configure", **settings)
+
+    def configure_endpoint(self, endpoint_id: str, **changes: Any) -> dict:
+        """Endpoint limits at run time: max_concurrent_requests, rpm, tpm, circuit fields, timeouts."""
+        return self._call("configure_endpoint", endpoint_id, **changes)
+
+
+__all__ = ["Gateway", "ChatResponse", "EmbeddingResponse", "OperationResponse", "StreamChunk"]
