@@ -92,16 +92,27 @@ def test_bad_input_is_a_typed_error_before_any_upstream_call(make_gateway, fake)
 
 
 def test_priority_order_under_saturation(make_gateway, fake):
-    fake.set_controls({"latency_s": 0.3})
-    gw = make_gateway({"endpoints": [endpoint(fake, "oa-1", key(), max_concurrent_requests=1)]})
+    gw = make_gateway({"retry": {"max_retries": 0},
+                       "endpoints": [endpoint(fake, "oa-1", key(), max_concurrent_requests=1, timeout_s=2)]})
     router = gw.router
+    fake.set_controls({"faults": [{"kind": "hang", "count": 1}]})  # the blocker holds the only slot
     first = router.chat.remote("gpt-4o-mini", MSG, request_id="blocker")
+    for _ in range(500):
+        if gw.queue_info()["active_requests"] == 1:
+            break
+        time.sleep(0.01)
     refs = {}
     for i in range(3):
         refs[router.chat.remote("gpt-4o-mini", MSG, priority="LOW", request_id=f"low{i}")] = f"low{i}"
     for i in range(3):
         refs[router.chat.remote("gpt-4o-mini", MSG, priority="high", request_id=f"high{i}")] = f"high{i}"
-    ray.get(first)
+    for _ in range(500):
+        if gw.queue_info()["by_priority"] == {"HIGH": 3, "NORMAL": 0, "LOW": 3}:
+            break
+        time.sleep(0.01)
+    assert gw.queue_info()["by_priority"] == {"HIGH": 3, "NORMAL": 0, "LOW": 3}
+    with pytest.raises(ia.TimeoutError):  # the hung upstream is cut at the endpoint's timeout_s
+        ray.get(first)
     order = []
     pending = list(refs)
     while pending:

@@ -235,7 +235,7 @@ class EndpointActor:
                 endpoint_id=self.id, request_id=request_id, retry_after=self.circuit.time_until_retry()),
                 state=self.snapshot())
         if est_tokens is None:
-            est_tokens = self.provider.estimate_tokens(op, request)
+            est_tokens = self.provider.estimate_tokens(op, request) if self.config.tpm else 0
         deadline = time.monotonic() + max(1.0, self.config.timeout_s)
         reservation = None
         try:

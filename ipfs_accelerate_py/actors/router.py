@@ -71,6 +71,7 @@ class _Slot:
         self.weight = float(info.get("weight") or 1.0)
         self.max_concurrent = int(info.get("max_concurrent_requests") or 1)
         self.shadow = RateLimiter(info.get("rpm"), info.get("tpm"), burst_s=float(info.get("burst_s") or 1.0))
+        self.shadow_has_tpm = bool(info.get("tpm"))
         self.in_flight = 0
         self.circuit = "CLOSED"
         self.retry_at = 0.0
@@ -153,6 +154,9 @@ class RouterActor:
         self._queues: dict[tuple[str, ...], PriorityQueue[_Job]] = {}
         self._slots: dict[str, _Slot] = {}
         self._seq = itertools.count()
+        # request ids: a random per-incarnation prefix and a counter (uuid4 per request costs more)
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._enable_metrics = enable_metrics
@@ -258,6 +262,7 @@ class RouterActor:
         slot.max_concurrent = int(info["max_concurrent_requests"])
         if any(k in changes for k in ("rpm", "tpm", "burst_s")):
             slot.shadow.configure(rpm=info["rpm"], tpm=info["tpm"], burst_s=info["burst_s"])
+            slot.shadow_has_tpm = bool(info["tpm"])
         self._pump()
         return info
 
@@ -380,11 +385,13 @@ class RouterActor:
         prio = parse_priority(priority)
         if request_id is not None and (not isinstance(request_id, str) or not request_id or len(request_id) > 256):
             raise errors.InvalidRequestError("request_id must be a non-empty string of at most 256 characters")
-        rid = request_id or f"req_{uuid.uuid4().hex[:24]}"
+        rid = request_id or f"req_{self._id_prefix}{next(self._ids):x}"
         group, upstream = self._resolve(op, model, endpoint_id=endpoint_id, provider=provider)
         if upstream is not None and hasattr(request, "model"):
             request.model = upstream
-        est = _estimate(self._slots[group[0]], op, request)
+        # a token estimate is only needed where some key has a TPM budget
+        needs_tokens = any(self._slots[i].shadow_has_tpm for i in group)
+        est = _estimate(self._slots[group[0]], op, request) if needs_tokens else 0
         deadline = time.monotonic() + float(timeout_s or self.config.request_timeout_s)
         return _Job(op=op, request=request, priority=prio, request_id=rid, group=group, est_tokens=est,
                     deadline=deadline, seq=next(self._seq))
@@ -557,9 +564,8 @@ class RouterActor:
         """Hand out leases in global priority order to every job that can run now."""
         now = time.monotonic()
         heads: list[tuple[int, int, tuple[str, ...]]] = []
-        for group, queue in list(self._queues.items()):
+        for group, queue in self._queues.items():
             if not queue:
-                del self._queues[group]
                 continue
             job, prio = queue.peek()
             heapq.heappush(heads, (int(prio), job.seq, group))
@@ -592,8 +598,6 @@ class RouterActor:
             if queue:
                 nxt, prio = queue.peek()
                 heapq.heappush(heads, (int(prio), nxt.seq, group))
-            else:
-                self._queues.pop(group, None)
         self._schedule(wake)
         self._report_depth(now)
 

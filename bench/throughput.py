@@ -1,0 +1,58 @@
+"""Throughput: 4,000 chat requests at concurrency 200 over 3 keys.
+
+20 ms upstream latency, no rate limit.  Target >= 550 requests/s on a 2-core
+machine.  Requests are issued from one asyncio driver that keeps 200 in flight.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from _harness import emit, gateway, init_ray, keys, start_fake, time
+
+MSG = [{"role": "user", "content": "ping"}]
+
+
+async def drive(gw, total: int, concurrency: int) -> tuple[int, int]:
+    sem = asyncio.Semaphore(concurrency)
+    ok = failed = 0
+
+    async def one() -> None:
+        nonlocal ok, failed
+        async with sem:
+            try:
+                await gw.router.chat.remote("gpt-4o-mini", MSG)
+                ok += 1
+            except Exception:  # noqa: BLE001
+                failed += 1
+
+    await asyncio.gather(*(one() for _ in range(total)))
+    return ok, failed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--concurrency", type=int, default=200)
+    ap.add_argument("--latency", type=float, default=0.02)
+    args = ap.parse_args()
+    init_ray()
+    api_keys = keys(3, "tput")
+    fake = start_fake("openai", controls={"latency_s": args.latency})
+    try:
+        with gateway(fake, api_keys, max_concurrent_requests=args.concurrency) as gw:
+            asyncio.run(drive(gw, 300, 50))  # warm-up
+            started = time.perf_counter()
+            ok, failed = asyncio.run(drive(gw, args.requests, args.concurrency))
+            elapsed = time.perf_counter() - started
+    finally:
+        fake.stop()
+    rps = ok / elapsed
+    print(f"{ok} ok, {failed} failed in {elapsed:.2f}s: {rps:.0f} requests/s")
+    emit({"bench": "throughput", "requests": args.requests, "concurrency": args.concurrency,
+          "succeeded": ok, "failed": failed, "elapsed_s": round(elapsed, 3), "requests_per_s": round(rps, 1),
+          "pass": failed == 0 and rps >= 550})
+
+
+if __name__ == "__main__":
+    main()
