@@ -140,6 +140,9 @@ class Provider:
                 message = str(body["message"])
         if not message:
             message = response.text[:500] or f"HTTP {response.status}"
+        # an upstream may echo the key it rejected; strip this endpoint's key even
+        # when it has no recognisable shape and was never registered as a secret
+        message = errors.redact(message, [self.api_key or ""])
         return message, (str(etype) if etype is not None else None), (str(code) if code is not None else None)
 
     def parse_error(self, response: HttpResponse) -> errors.GatewayError:
@@ -219,6 +222,29 @@ class Provider:
                     yield chunk
             for chunk in decoder.close():
                 yield chunk
+
+    async def probe_health(self, path: str, request_id: str | None,
+                           transport: "Transport") -> tuple[OperationResponse, Mapping[str, str]]:
+        """The ``health`` operation of self-hosted servers: GET ``path``.
+
+        ``data`` is True on 2xx and False on 5xx: a server that answers "I am
+        unhealthy" (TGI/TEI ``/health`` 503) gave a real answer, so it is
+        reported rather than retried as a failure.  4xx statuses raise, since a
+        wrong key or URL is a configuration problem the caller must see, and so
+        do network errors (nothing answered at all).
+        """
+        headers = {**self.auth_headers(), **self.headers(request_id)}
+        headers.pop("Content-Type", None)
+        response = await transport.send(HttpRequest("GET", self.url(path), headers=headers),
+                                        timeout_s=self.endpoint.timeout_s)
+        if 400 <= response.status < 500:
+            raise self.parse_error(response)
+        healthy = response.status < 400
+        detail: dict[str, Any] = {"status": response.status}
+        if not healthy:
+            detail["error"] = self.error_message(response)[0]
+        return (OperationResponse(op="health", data=healthy, provider=self.name, endpoint_id=self.endpoint.id,
+                                  raw=detail), response.headers)
 
     @classmethod
     def estimate_tokens(cls, op: str, request: Request) -> int:

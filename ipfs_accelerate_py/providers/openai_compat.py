@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Collection, Literal, Mapping
 from urllib.parse import quote
 
 import numpy as np
@@ -32,6 +32,7 @@ from .base import Provider, Request, Result, StreamDecoder
 __all__ = [
     "OpenAICompatibleProvider", "OpenAIStreamDecoder", "http_request", "json_object", "event_json",
     "op_params", "usage_from_dict", "content_text", "decode_embedding",
+    "image_payload", "image_inputs", "tool_arguments", "tool_call_names", "COMMON_IMAGE_TYPES",
 ]
 
 # ---------------------------------------------------------------------------
@@ -41,20 +42,25 @@ __all__ = [
 
 def http_request(provider: Provider, method: str, path: str, request_id: str | None, *,
                  json_body: Any = None, form: list[FormField] | None = None,
-                 params: dict[str, str] | None = None, stream: bool = False) -> HttpRequest:
+                 params: dict[str, str] | None = None,
+                 stream: bool | Literal["sse", "ndjson"] = False) -> HttpRequest:
     """One ``HttpRequest`` with the provider's auth and common headers.
 
     Auth goes first so that headers configured on the endpoint (a proxy's own
     Authorization, say) win.  Multipart bodies drop the JSON content type: the
-    transport writes the multipart one with its boundary.
+    transport writes the multipart one with its boundary.  ``stream=True``
+    means SSE; ``stream="ndjson"`` frames the body as newline-delimited JSON
+    (Ollama's native streams).
     """
     headers = {**provider.auth_headers(), **provider.headers(request_id)}
     if json_body is None:
         headers.pop("Content-Type", None)
+    framing: Literal["sse", "ndjson"] | None = None
     if stream:
-        headers["Accept"] = "text/event-stream"
+        framing = "ndjson" if stream == "ndjson" else "sse"
+        headers["Accept"] = "application/x-ndjson" if framing == "ndjson" else "text/event-stream"
     return HttpRequest(method=method, url=provider.url(path), headers=headers, json=json_body,
-                       form=form, params=params, stream="sse" if stream else None)
+                       form=form, params=params, stream=framing)
 
 
 def json_object(provider: Provider, response: HttpResponse, op: str) -> dict:
@@ -155,6 +161,118 @@ def tool_call_from_openai(value: Mapping) -> ToolCall:
     if not isinstance(args, str):
         args = json.dumps(args if args is not None else {})
     return ToolCall(id=str(value.get("id") or ""), name=str(fn.get("name") or ""), arguments=args)
+
+
+# -- images and tool calls for providers whose messages are not OpenAI-shaped -----
+
+#: image formats every vision API takes as they are; other images are re-encoded as PNG
+COMMON_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
+
+
+def _sniff_image(data: bytes) -> str | None:
+    """The MIME type of common image bytes from their signature, else None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), None)
+
+
+def _is_pil_image(value: Any) -> bool:
+    # recognised by class, not isinstance, so text-only traffic never imports Pillow
+    return any(cls.__name__ == "Image" and cls.__module__ == "PIL.Image" for cls in type(value).__mro__)
+
+
+def _png_bytes(image: Any) -> bytes:
+    import io  # noqa: PLC0415 - only images need it
+
+    if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):  # CMYK, YCbCr, F, ...
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_payload(provider: Provider, image: Any, *, mime_type: str | None = None,
+                  accepted: Collection[str] = COMMON_IMAGE_TYPES) -> tuple[str, str]:
+    """``(mime type, base64 data)`` of an image given as bytes, a PIL image or a ``data:`` URL.
+
+    Bytes and data: URLs already in an ``accepted`` format travel unchanged:
+    re-encoding costs time and, for JPEG, quality.  Every PIL image, and any
+    other bytes Pillow can open (BMP, TIFF, GIF where the API refuses it), is
+    sent as PNG, which is lossless and accepted by every vision API.  Remote
+    URLs are refused here: providers do no I/O, and the request may run on
+    another machine than the caller that named the URL.
+    """
+    def invalid(message: str) -> errors.InvalidRequestError:
+        return errors.InvalidRequestError(message, provider=provider.name, endpoint_id=provider.endpoint.id,
+                                          code="invalid_image")
+
+    if isinstance(image, str):
+        if not image.startswith("data:"):
+            raise invalid(f"{provider.name} takes images inline: pass bytes, a PIL image or a base64 "
+                          f"data: URL (got a string starting {image[:24]!r})")
+        header, sep, data = image[5:].partition(",")
+        declared, *flags = header.split(";")
+        if not sep or "base64" not in flags:
+            raise invalid("image data: URLs must be base64-encoded (data:image/png;base64,...)")
+        declared = declared.strip().lower()
+        if declared in accepted:
+            return declared, data.strip()
+        try:
+            image = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid("the image data: URL does not hold valid base64") from None
+        mime_type = mime_type or declared or None
+    if isinstance(image, (bytearray, memoryview)):
+        image = bytes(image)
+    if isinstance(image, bytes):
+        if not image:
+            raise invalid("image bytes must not be empty")
+        mime = _sniff_image(image) or mime_type
+        if mime in accepted:
+            return str(mime), base64.b64encode(image).decode("ascii")
+        try:
+            from PIL import Image  # noqa: PLC0415 - optional at import time
+        except ImportError:  # pragma: no cover - Pillow is a dependency
+            raise invalid(f"converting {mime or 'these'} image bytes needs Pillow") from None
+        try:
+            import io  # noqa: PLC0415
+            with Image.open(io.BytesIO(image)) as opened:
+                opened.load()
+                return "image/png", base64.b64encode(_png_bytes(opened)).decode("ascii")
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise invalid(f"the image bytes are not an image Pillow can read ({type(exc).__name__})") from None
+    if _is_pil_image(image):
+        return "image/png", base64.b64encode(_png_bytes(image)).decode("ascii")
+    raise invalid(f"an image must be bytes, a PIL image or a data: URL, got {type(image).__name__}")
+
+
+def image_inputs(value: Any) -> list[Any]:
+    """A caller's ``image_data`` (one image or a list of them) as a list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def tool_arguments(provider: Provider, call: ToolCall) -> dict:
+    """A ToolCall's JSON-string arguments as the object native APIs (Gemini, Ollama) want."""
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise errors.InvalidRequestError(f"tool call {call.name!r} arguments must be a JSON object",
+                                         provider=provider.name, endpoint_id=provider.endpoint.id,
+                                         code="invalid_tool_calls")
+    return arguments
+
+
+def tool_call_names(messages: list[Any]) -> dict[str, str]:
+    """Call id -> function name of every assistant tool call, so a tool result
+    can be matched to its function on APIs that key results by name."""
+    return {call.id: call.name for message in messages if getattr(message, "role", None) == "assistant"
+            for call in getattr(message, "tool_calls", None) or [] if call.id}
 
 
 def _form_value(value: Any) -> str:

@@ -8,7 +8,7 @@ provider, so each protocol module only says how *its* wire format looks:
 * **Admission**, in this order, for every request outside ``/_fake/``:
   unknown route -> the protocol's 404; ``FakeProtocol.check_request`` (e.g.
   Anthropic's mandatory ``anthropic-version`` header); missing or unknown API
-  key -> 401; per-key token bucket -> 429; fault rules; ``latency_s``; handler.
+  key -> 401 (where ``FakeProtocol.requires_key`` says the route needs one); per-key token bucket -> 429; fault rules; ``latency_s``; handler.
 * **Controls** (:class:`FakeControls`): accepted keys, per-key limits, latency,
   stream pacing and fault rules, changed at run time through the admin API.
 * **Stats** (:class:`FakeStats`): counted per key *fingerprint*; raw keys are
@@ -336,7 +336,7 @@ class FaultRule:
 
 _CONTROL_FIELDS = {
     "valid_keys", "limits", "default_limit", "latency_s", "chunk_delay_s",
-    "stream_chunks", "faults", "append_faults", "seed", "extra_models",
+    "stream_chunks", "faults", "append_faults", "seed", "extra_models", "options",
 }
 
 
@@ -357,6 +357,10 @@ class FakeControls:
           "extra_models": {"my-model": {"context_window": 4096, ...}}
                                               # models a protocol accepts besides its built-in list;
                                               # the attributes are read by the protocol module
+          "options": {"max_concurrent_requests": 128}
+                                              # protocol-specific server settings (launcher flags of
+                                              # self-hosted servers: TGI/TEI batch and concurrency
+                                              # limits, ...); each protocol documents the names it reads
         }
     """
 
@@ -369,6 +373,7 @@ class FakeControls:
     faults: list[FaultRule] = field(default_factory=list)
     seed: int = 0
     extra_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any] | None) -> FakeControls:
@@ -385,8 +390,8 @@ class FakeControls:
 
         Scalars and lists replace (``faults`` replaces the whole list, so a test
         states the exact sequence it wants; ``append_faults`` appends instead).
-        ``limits`` and ``extra_models`` merge per entry and a ``null`` entry
-        removes it.  The patch is validated completely before anything changes,
+        ``limits``, ``extra_models`` and ``options`` merge per entry and a ``null``
+        entry removes it.  The patch is validated completely before anything changes,
         so a bad patch (unknown field, wrong type) leaves the controls as they
         were and raises ``ValueError``.
         """
@@ -451,6 +456,18 @@ class FakeControls:
                         raise ValueError(f"extra_models[{model_id!r}] must be an object")
                     else:
                         new.extra_models[model_id] = dict(attrs)
+        if "options" in patch:
+            options = patch["options"]
+            if options is None:
+                new.options = {}
+            elif not isinstance(options, Mapping):
+                raise ValueError("options must map setting names to values")
+            else:
+                for name, value in options.items():
+                    if value is None:
+                        new.options.pop(name, None)
+                    else:
+                        new.options[name] = copy.deepcopy(value)
         self.__dict__.update(new.__dict__)
         return set(patch)
 
@@ -470,6 +487,7 @@ class FakeControls:
             "faults": [f.to_json(redact) for f in self.faults],
             "seed": self.seed,
             "extra_models": copy.deepcopy(self.extra_models),
+            "options": copy.deepcopy(self.options),
         }
 
 
@@ -678,6 +696,15 @@ class FakeProtocol:
 
     def check_request(self, request: web.Request, ctx: RequestContext) -> None:
         """Reject a request before auth (raise ``FakeError``); default: accept."""
+
+    def requires_key(self, request: web.Request, controls: FakeControls) -> bool:
+        """Whether this request must carry an accepted key (else 401).
+
+        Hosted APIs always need one.  Self-hosted servers (TGI, TEI, LLVM, ...)
+        check keys only when started with one (``valid_keys`` non-empty) and
+        leave their info routes open even then; they override this.
+        """
+        return True
 
     # -- errors -------------------------------------------------------------
     def error_defaults(self, status: int) -> tuple[str, str | None, str]:
@@ -1108,7 +1135,8 @@ class FakeServer:
         ctx.fp = self.fingerprint(key)
         try:
             protocol.check_request(request, ctx)
-            if key is None or (controls.valid_keys and key not in controls.valid_keys):
+            if protocol.requires_key(request, controls) and (
+                    key is None or (controls.valid_keys and key not in controls.valid_keys)):
                 raise protocol.auth_error(key)
             limiter = self.limiter_for(key)
             ctx.limiter = limiter
