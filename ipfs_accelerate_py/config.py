@@ -695,6 +695,8 @@ class BatchingConfig:
     enabled: bool = False
     max_batch_size: int = 20
     batch_timeout: float = 0.1
+    #: coalesce every single-text embed; when False only calls asking for batching are
+    auto_batching: bool = True
 
     def __post_init__(self) -> None:
         _section_values(self, "batching")
@@ -717,6 +719,7 @@ def _section_values(obj: CacheConfig | BatchingConfig, path: str) -> None:
             "enabled": _boolean(v.enabled, _join(path, "enabled")),
             "max_batch_size": _positive_int(v.max_batch_size, _join(path, "max_batch_size")),
             "batch_timeout": _non_negative(v.batch_timeout, _join(path, "batch_timeout")),
+            "auto_batching": _boolean(v.auto_batching, _join(path, "auto_batching")),
         }
     for k, value in checks.items():
         object.__setattr__(obj, k, value)

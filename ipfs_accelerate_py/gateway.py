@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover
 
 from . import errors
 from .actors import runtime
+from .actors._errors import unwrap
 from .config import GatewayConfig, load_config
 from .types import ChatResponse, EmbeddingResponse, ModelInfo, OperationResponse, StreamChunk
 
@@ -31,13 +32,7 @@ _ROUTER_GONE = (RayActorError, ActorUnavailableError)
 ROUTER_RECOVERY_S = 60.0
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """Ray wraps an actor's exception in RayTaskError; callers want ours."""
-    if isinstance(exc, RayTaskError):
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            return cause
-    return exc
+_unwrap = unwrap
 
 
 class Gateway:
@@ -98,7 +93,7 @@ class Gateway:
     def _reattach(self, deadline: float) -> None:
         self._router = runtime.get_router(self.namespace, self.name, max(1.0, deadline - time.monotonic()))
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
@@ -110,7 +105,7 @@ class Gateway:
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
 
-    async def _acall(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _acall(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
@@ -139,9 +134,13 @@ class Gateway:
     def embed(self, model: str, input: Any, **kwargs: Any) -> EmbeddingResponse:
         return self._call("embed", model, input, **self._with_id(kwargs))
 
-    def call(self, op: str, model: str | None = None, **kwargs: Any) -> Any:
+    def call(self, op: str, /, model: str | None = None, **kwargs: Any) -> Any:
         """Any other operation: images, transcribe, speech, moderate, rerank, infer, s3_* ..."""
         return self._call("call", op, model, **self._with_id(kwargs))
+
+    def stream_call(self, op: str, /, model: str | None = None, **kwargs: Any) -> Iterator[StreamChunk]:
+        """Any other streaming operation (e.g. OPEA's stream_chatqna)."""
+        return self._stream("stream_call", op, model, **self._with_id(kwargs))
 
     def stream_chat(self, model: str, messages: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         return self._stream("stream_chat", model, messages, **self._with_id(kwargs))
@@ -149,7 +148,7 @@ class Gateway:
     def stream_complete(self, model: str, prompt: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         return self._stream("stream_complete", model, prompt, **self._with_id(kwargs))
 
-    def _stream(self, method: str, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+    def _stream(self, method: str, /, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         delivered = 0
         while True:
@@ -179,7 +178,7 @@ class Gateway:
     async def aembed(self, model: str, input: Any, **kwargs: Any) -> EmbeddingResponse:
         return await self._acall("embed", model, input, **self._with_id(kwargs))
 
-    async def acall(self, op: str, model: str | None = None, **kwargs: Any) -> Any:
+    async def acall(self, op: str, /, model: str | None = None, **kwargs: Any) -> Any:
         return await self._acall("call", op, model, **self._with_id(kwargs))
 
     async def astream_chat(self, model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
@@ -240,6 +239,17 @@ class Gateway:
     def configure(self, **settings: Any) -> dict:
         """Router settings at run time: queue_size, strategy, retry policy fields."""
         return self._call("configure", **settings)
+
+    def enable_embedding_batching(self, max_batch_size: int = 20, batch_timeout: float = 0.1,
+                                  auto_batching: bool = True) -> dict:
+        """Coalesce concurrent single-text embeds per model into upstream batches."""
+        return self._call("enable_batching", max_batch_size, batch_timeout, auto_batching)
+
+    def disable_embedding_batching(self) -> None:
+        self._call("disable_batching")
+
+    def batching_stats(self) -> dict:
+        return self._call("batching_stats")
 
     def configure_endpoint(self, endpoint_id: str, **changes: Any) -> dict:
         """Endpoint limits at run time: max_concurrent_requests, rpm, tpm, circuit fields, timeouts."""

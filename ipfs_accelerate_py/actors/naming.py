@@ -50,3 +50,17 @@ def router_actor_options(config: GatewayConfig) -> dict[str, Any]:
         "num_cpus": 0,
         "max_concurrency": int(config.queue_size) + ROUTER_CONCURRENCY_MARGIN,
     }
+
+
+def helper_actor_options(config: GatewayConfig, role: str) -> dict[str, Any]:
+    """The batcher and the cache: named per gateway, restarted by Ray if they die."""
+    return {
+        "name": f"{config.name}:{role}",
+        "namespace": config.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "num_cpus": 0,
+        "max_concurrency": ENDPOINT_MAX_CONCURRENCY,
+    }

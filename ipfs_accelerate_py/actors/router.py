@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 try:  # Ray >= 2.10 distinguishes a temporarily unreachable actor
     from ray.exceptions import ActorUnavailableError
@@ -45,6 +45,7 @@ from ..providers.base import canonical_name, get_provider_class
 from ..types import (STREAMING_OPERATIONS, ChatRequest, EmbeddingRequest, ModelInfo, OperationRequest,
                      StreamChunk, build_chat_request, build_embedding_request)
 from . import metrics, naming
+from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class RouterActor:
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "retries": 0, "failovers": 0,
                          "rejected_queue_full": 0, "streams": 0}
         self._ready: asyncio.Task | None = None
+        self._batcher: Any = None
+        self._batching: dict = {"auto_batching": True}
         for ep in config.endpoints:
             if ep.enabled:
                 self._attach(ep)
@@ -190,6 +193,11 @@ class RouterActor:
         await asyncio.shield(self._ready)
 
     async def _discover(self) -> None:
+        batching = self.config.batching
+        if self._batcher is None and (batching.enabled or
+                                      _named_actor_exists(f"{self.name}:batcher", self.namespace)):
+            # a batcher that survived a router restart keeps its own (possibly changed) settings
+            await self._start_batcher(batching.max_batch_size, batching.batch_timeout, batching.auto_batching)
         prefix = naming.endpoint_prefix(self.config)
         try:
             named = ray.util.list_named_actors(all_namespaces=True)
@@ -348,9 +356,74 @@ class RouterActor:
         return await self._submit("complete", request, model, priority, request_id, endpoint_id, timeout_s)
 
     async def embed(self, model: str, input: Any, *, priority: Any = None, request_id: str | None = None,
-                    endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
+                    endpoint_id: str | None = None, timeout_s: float | None = None, batching: bool = True,
+                    **params: Any):
         request = build_embedding_request(model, input, params)
+        await self._ensure_ready()
+        if batching and endpoint_id is None and self._batcher is not None and self._batching["auto_batching"]:
+            self._resolve("embed", model)  # unknown models fail here, not inside a batch
+            try:
+                return await self._batcher.embed.remote(model, request.input, priority=priority,
+                                                        request_id=request_id, **params)
+            except RayTaskError as exc:
+                raise unwrap(exc) from None
         return await self._submit("embed", request, model, priority, request_id, endpoint_id, timeout_s)
+
+    async def embed_batch_limit(self, model: str) -> int | None:
+        """The most inputs one upstream embedding call may carry for ``model``."""
+        group, _ = self._resolve("embed", model)
+        limits = [self._slots[i].provider_cls.max_embed_batch for i in group]
+        known = [n for n in limits if n]
+        return min(known) if known else None
+
+    # -- embedding batching ------------------------------------------------------------
+    async def enable_batching(self, max_batch_size: int = 20, batch_timeout: float = 0.1,
+                              auto_batching: bool = True) -> dict:
+        await self._ensure_ready()
+        await self._start_batcher(max_batch_size, batch_timeout, auto_batching)
+        # an explicit call always applies its settings, also to a batcher that outlived a router restart
+        self._batching = await self._batcher.configure.remote(max_batch_size, batch_timeout, auto_batching)
+        return dict(self._batching)
+
+    async def _start_batcher(self, max_batch_size: int, batch_timeout: float, auto_batching: bool) -> dict:
+        from .batcher import EmbeddingBatcher
+        if self._batcher is None:
+            me = ray.get_runtime_context().current_actor
+            cls = ray.remote(EmbeddingBatcher)
+            name = f"{self.name}:batcher"
+            existed = _named_actor_exists(name, self.namespace)
+            self._batcher = cls.options(**naming.helper_actor_options(self.config, "batcher")).remote(
+                me, max_batch_size=max_batch_size, batch_timeout=batch_timeout, auto_batching=auto_batching)
+            if existed:
+                self._batching = await self._batcher.configure.remote()
+                return dict(self._batching)
+        self._batching = await self._batcher.configure.remote(max_batch_size, batch_timeout, auto_batching)
+        return dict(self._batching)
+
+    async def disable_batching(self) -> None:
+        await self._ensure_ready()
+        if self._batcher is not None:
+            ray.kill(self._batcher, no_restart=True)
+            self._batcher = None
+
+    async def batching_stats(self) -> dict:
+        await self._ensure_ready()
+        if self._batcher is None:
+            return {"enabled": False, "batches": 0, "batched_requests": 0, "avg_batch_size": 0.0,
+                    "upstream_calls_saved": 0, "estimated_savings": {"upstream_requests": 0, "cost_usd": 0.0}}
+        return {"enabled": True, **(await self._batcher.stats.remote())}
+
+    async def stream_call(self, op: str, model: str | None = None, *, provider: str | None = None,
+                          priority: Any = None, request_id: str | None = None, endpoint_id: str | None = None,
+                          timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
+        """Any other streaming operation (OPEA's stream_chatqna), routed like stream_chat."""
+        if op not in STREAMING_OPERATIONS or op == "stream_chat":
+            raise errors.InvalidRequestError(
+                f"{op!r} is not a streaming operation; streaming operations: {', '.join(STREAMING_OPERATIONS)}")
+        request = OperationRequest(op=op, model=model, params=params)
+        async for chunk in self._stream(op, request, model, priority, request_id, endpoint_id, timeout_s,
+                                        provider=provider):
+            yield chunk
 
     async def call(self, op: str, model: str | None = None, *, provider: str | None = None,
                    priority: Any = None, request_id: str | None = None, endpoint_id: str | None = None,
@@ -426,9 +499,10 @@ class RouterActor:
             retrying = True
 
     async def _stream(self, op: str, request: Any, model: str | None, priority: Any, request_id: str | None,
-                      endpoint_id: str | None, timeout_s: float | None) -> AsyncIterator[StreamChunk]:
+                      endpoint_id: str | None, timeout_s: float | None,
+                      provider: str | None = None) -> AsyncIterator[StreamChunk]:
         await self._ensure_ready()
-        job = self._new_job(op, request, model, priority, request_id, endpoint_id, timeout_s)
+        job = self._new_job(op, request, model, priority, request_id, endpoint_id, timeout_s, provider)
         self.counters["submitted"] += 1
         self.counters["streams"] += 1
         retrying = False
@@ -762,7 +836,8 @@ class RouterActor:
         return "pong"
 
     async def shutdown_endpoints(self) -> int:
-        """Kill every endpoint actor (used by Gateway.shutdown)."""
+        """Kill every endpoint actor and helper actor (used by Gateway.shutdown)."""
+        await self.disable_batching()
         n = 0
         for slot in list(self._slots.values()):
             try:
@@ -799,3 +874,11 @@ def _create_endpoint_actor(config: GatewayConfig, ep: EndpointConfig, enable_met
     cls = ray.remote(EndpointActor)
     return cls.options(**naming.endpoint_actor_options(config, ep.id)).remote(
         ep, config.circuit, enable_metrics=enable_metrics)
+
+
+def _named_actor_exists(name: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=namespace)
+        return True
+    except ValueError:
+        return False
