@@ -240,6 +240,24 @@ class Gateway:
         """Router settings at run time: queue_size, strategy, retry policy fields."""
         return self._call("configure", **settings)
 
+    def enable_semantic_cache(self, similarity_threshold: float = 0.92, cache_size: int = 1000,
+                              ttl: float | None = 3600.0, embedding_model: str | None = None) -> dict:
+        """Answer repeated and near-repeated chat requests from one cluster-wide cache.
+
+        ``embedding_model``: None for the built-in embedder (no download, no
+        server), "minilm" for the local sentence-transformers model (the
+        ``minilm`` extra), or any embedding model this gateway serves."""
+        return self._call("enable_cache", similarity_threshold, cache_size, ttl, embedding_model)
+
+    def disable_semantic_cache(self) -> None:
+        self._call("disable_cache")
+
+    def cache_stats(self) -> dict:
+        return self._call("cache_stats")
+
+    def clear_cache(self) -> None:
+        self._call("clear_cache")
+
     def enable_embedding_batching(self, max_batch_size: int = 20, batch_timeout: float = 0.1,
                                   auto_batching: bool = True) -> dict:
         """Coalesce concurrent single-text embeds per model into upstream batches."""

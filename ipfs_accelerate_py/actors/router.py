@@ -42,8 +42,9 @@ from ..core.limiter import RateLimiter
 from ..core.priority import Priority, PriorityQueue, QueueBound, parse_priority
 from ..core.selection import EndpointView, make_strategy
 from ..providers.base import canonical_name, get_provider_class
-from ..types import (STREAMING_OPERATIONS, ChatRequest, EmbeddingRequest, ModelInfo, OperationRequest,
-                     StreamChunk, build_chat_request, build_embedding_request)
+from ..core.semantic_cache import as_stream
+from ..types import (STREAMING_OPERATIONS, ChatRequest, ChatResponse, EmbeddingRequest, ModelInfo,
+                     OperationRequest, StreamChunk, Usage, build_chat_request, build_embedding_request)
 from . import metrics, naming
 from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
@@ -167,6 +168,8 @@ class RouterActor:
                          "rejected_queue_full": 0, "streams": 0}
         self._ready: asyncio.Task | None = None
         self._batcher: Any = None
+        self._cache: Any = None
+        self._cache_stores: set[asyncio.Task] = set()
         self._batching: dict = {"auto_batching": True}
         for ep in config.endpoints:
             if ep.enabled:
@@ -198,6 +201,10 @@ class RouterActor:
                                       _named_actor_exists(f"{self.name}:batcher", self.namespace)):
             # a batcher that survived a router restart keeps its own (possibly changed) settings
             await self._start_batcher(batching.max_batch_size, batching.batch_timeout, batching.auto_batching)
+        cache = self.config.cache
+        if self._cache is None and (cache.enabled or _named_actor_exists(f"{self.name}:cache", self.namespace)):
+            await self._start_cache(cache.similarity_threshold, cache.cache_size, cache.ttl,
+                                    cache.embedding_model, replace=False)
         prefix = naming.endpoint_prefix(self.config)
         try:
             named = ray.util.list_named_actors(all_namespaces=True)
@@ -344,9 +351,92 @@ class RouterActor:
 
     # -- the public operations --------------------------------------------------------
     async def chat(self, model: str, messages: Any, *, priority: Any = None, request_id: str | None = None,
-                   endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
+                   endpoint_id: str | None = None, timeout_s: float | None = None, cache: bool = True,
+                   **params: Any):
         request = build_chat_request(model, messages, params)
-        return await self._submit("chat", request, model, priority, request_id, endpoint_id, timeout_s)
+        use_cache = await self._cache_applies(cache, "chat", request, endpoint_id)
+        if use_cache:
+            hit = await self._cache.lookup.remote(request)
+            if hit is not None:
+                return self._served_from_cache(hit[0], request_id)
+        response = await self._submit("chat", request, model, priority, request_id, endpoint_id, timeout_s)
+        if use_cache:
+            self._store_in_cache(request, response)
+        return response
+
+    # -- semantic cache ------------------------------------------------------------------
+    async def _cache_applies(self, cache: bool, op: str, request: ChatRequest, endpoint_id: str | None) -> bool:
+        await self._ensure_ready()
+        if self._cache is None or cache is False:
+            return False
+        _, upstream = self._resolve(op, request.model, endpoint_id=endpoint_id)
+        request.model = upstream or request.model  # one partition per upstream model, however it was named
+        if self._cache_stores:
+            # read-your-writes: a caller's next request sees the reply its last one stored
+            await asyncio.wait(list(self._cache_stores))
+        return True
+
+    def _store_in_cache(self, request: ChatRequest, response: Any) -> None:
+        """Store without delaying the caller; clear_cache waits for these first."""
+        async def store() -> None:
+            try:
+                await self._cache.store.remote(request, response)
+            except Exception as exc:  # noqa: BLE001 - a failed store only costs a future hit
+                log.debug("cache store failed: %s", errors.redact(unwrap(exc)))
+
+        task = asyncio.ensure_future(store())
+        self._cache_stores.add(task)
+        task.add_done_callback(self._cache_stores.discard)
+
+    def _served_from_cache(self, response: Any, request_id: str | None) -> Any:
+        response.request_id = request_id or f"req_{self._id_prefix}{next(self._ids):x}"
+        response.cached = True
+        self.counters["cache_hits"] = self.counters.get("cache_hits", 0) + 1
+        return response
+
+    async def enable_cache(self, similarity_threshold: float = 0.92, cache_size: int = 1000,
+                           ttl: float | None = 3600.0, embedding_model: str | None = None) -> dict:
+        await self._ensure_ready()
+        return await self._start_cache(similarity_threshold, cache_size, ttl, embedding_model, replace=True)
+
+    async def _start_cache(self, similarity_threshold: float, cache_size: int, ttl: float | None,
+                           embedding_model: str | None, replace: bool) -> dict:
+        from .cache import SemanticCacheActor
+        name = f"{self.name}:cache"
+        if replace and _named_actor_exists(name, self.namespace):
+            ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
+            self._cache = None
+        if self._cache is None:
+            me = ray.get_runtime_context().current_actor
+            cls = ray.remote(SemanticCacheActor)
+            self._cache = cls.options(**naming.helper_actor_options(self.config, "cache")).remote(
+                me, similarity_threshold=similarity_threshold, cache_size=cache_size, ttl=ttl,
+                embedding_model=embedding_model)
+        try:
+            return await self._cache.settings.remote()
+        except RayTaskError as exc:  # a bad setting surfaces as the typed error
+            self._cache = None
+            raise unwrap(exc) from None
+
+    async def disable_cache(self) -> None:
+        await self._ensure_ready()
+        if self._cache is not None:
+            ray.kill(self._cache, no_restart=True)
+            self._cache = None
+
+    async def cache_stats(self) -> dict:
+        await self._ensure_ready()
+        if self._cache is None:
+            return {"enabled": False, "hits": 0, "misses": 0, "hit_rate": 0.0, "exact_hits": 0,
+                    "semantic_hits": 0, "cost_savings": 0.0, "entries": 0}
+        return {"enabled": True, **(await self._cache.stats.remote())}
+
+    async def clear_cache(self) -> None:
+        await self._ensure_ready()
+        if self._cache is not None:
+            if self._cache_stores:
+                await asyncio.gather(*list(self._cache_stores), return_exceptions=True)
+            await self._cache.clear.remote()
 
     async def complete(self, model: str, prompt: Any, *, priority: Any = None, request_id: str | None = None,
                        endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
@@ -437,11 +527,28 @@ class RouterActor:
 
     async def stream_chat(self, model: str, messages: Any, *, priority: Any = None,
                           request_id: str | None = None, endpoint_id: str | None = None,
-                          timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
+                          timeout_s: float | None = None, cache: bool = True,
+                          **params: Any) -> AsyncIterator[StreamChunk]:
         params.pop("stream", None)
         request = build_chat_request(model, messages, {**params, "stream": True})
+        use_cache = await self._cache_applies(cache, "stream_chat", request, endpoint_id)
+        if use_cache:
+            hit = await self._cache.lookup.remote(request)
+            if hit is not None:
+                response = self._served_from_cache(hit[0], request_id)
+                for chunk in as_stream(response):
+                    chunk.request_id, chunk.cached = response.request_id, True
+                    yield chunk
+                return
+        pieces: list[str] = []
         async for chunk in self._stream("stream_chat", request, model, priority, request_id, endpoint_id,
                                         timeout_s):
+            pieces.append(chunk.text)
+            if use_cache and chunk.done:
+                # only a stream that reached its end marker is complete enough to cache
+                self._store_in_cache(request, ChatResponse(
+                    text="".join(pieces), model=chunk.model or request.model, usage=chunk.usage or Usage(),
+                    finish_reason=chunk.finish_reason, cost_usd=chunk.cost_usd, endpoint_id=chunk.endpoint_id))
             yield chunk
 
     async def stream_complete(self, model: str, prompt: Any, *, priority: Any = None,
@@ -838,6 +945,7 @@ class RouterActor:
     async def shutdown_endpoints(self) -> int:
         """Kill every endpoint actor and helper actor (used by Gateway.shutdown)."""
         await self.disable_batching()
+        await self.disable_cache()
         n = 0
         for slot in list(self._slots.values()):
             try:
