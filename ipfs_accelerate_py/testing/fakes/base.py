@@ -8,7 +8,8 @@ provider, so each protocol module only says how *its* wire format looks:
 * **Admission**, in this order, for every request outside ``/_fake/``:
   unknown route -> the protocol's 404; ``FakeProtocol.check_request`` (e.g.
   Anthropic's mandatory ``anthropic-version`` header); missing or unknown API
-  key -> 401 (where ``FakeProtocol.requires_key`` says the route needs one); per-key token bucket -> 429; fault rules; ``latency_s``; handler.
+  key -> 401 (where ``FakeProtocol.requires_key`` says the route needs one);
+  per-key token bucket -> 429; fault rules; ``latency_s``; handler.
 * **Controls** (:class:`FakeControls`): accepted keys, per-key limits, latency,
   stream pacing and fault rules, changed at run time through the admin API.
 * **Stats** (:class:`FakeStats`): counted per key *fingerprint*; raw keys are
