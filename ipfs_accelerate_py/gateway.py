@@ -30,6 +30,8 @@ from .types import ChatResponse, EmbeddingResponse, ModelInfo, OperationResponse
 _ROUTER_GONE = (RayActorError, ActorUnavailableError)
 #: how long a call waits for a crashed router to come back
 ROUTER_RECOVERY_S = 60.0
+#: how often a Gateway re-checks whether an embedding batcher is running
+BATCHER_LOOKUP_S = 5.0
 
 
 _unwrap = unwrap
@@ -43,6 +45,8 @@ class Gateway:
         self.namespace = namespace
         self.name = name
         self.config = config
+        self._batcher_handle: Any = None
+        self._batcher_seen_at = 0.0
 
     def __repr__(self) -> str:
         return f"Gateway(name={self.name!r}, namespace={self.namespace!r})"
@@ -132,7 +136,34 @@ class Gateway:
         return self._call("complete", model, prompt, **self._with_id(kwargs))
 
     def embed(self, model: str, input: Any, **kwargs: Any) -> EmbeddingResponse:
+        batcher = self._batcher_for(input, kwargs)
+        if batcher is not None:
+            try:
+                return ray.get(batcher.embed.remote(model, input, **kwargs))
+            except _ROUTER_GONE:
+                self._batcher_seen_at = 0.0  # disabled or restarting: the router path always works
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
         return self._call("embed", model, input, **self._with_id(kwargs))
+
+    def _batcher_for(self, input: Any, kwargs: dict) -> Any:
+        """The batcher actor when batching is on and this call can be coalesced.
+
+        Single texts go straight to it (one actor hop instead of two through
+        the router); its handle is looked up by name at most every few seconds.
+        """
+        if kwargs.get("endpoint_id") or kwargs.get("batching") is False:
+            return None
+        if not (isinstance(input, str) or (isinstance(input, list) and len(input) == 1)):
+            return None
+        now = time.monotonic()
+        if now - self._batcher_seen_at > BATCHER_LOOKUP_S:
+            try:
+                self._batcher_handle = ray.get_actor(f"{self.name}:batcher", namespace=self.namespace)
+            except ValueError:
+                self._batcher_handle = None
+            self._batcher_seen_at = now
+        return self._batcher_handle
 
     def call(self, op: str, /, model: str | None = None, **kwargs: Any) -> Any:
         """Any other operation: images, transcribe, speech, moderate, rerank, infer, s3_* ..."""
@@ -176,6 +207,14 @@ class Gateway:
         return await self._acall("complete", model, prompt, **self._with_id(kwargs))
 
     async def aembed(self, model: str, input: Any, **kwargs: Any) -> EmbeddingResponse:
+        batcher = self._batcher_for(input, kwargs)
+        if batcher is not None:
+            try:
+                return await batcher.embed.remote(model, input, **kwargs)
+            except _ROUTER_GONE:
+                self._batcher_seen_at = 0.0
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
         return await self._acall("embed", model, input, **self._with_id(kwargs))
 
     async def acall(self, op: str, /, model: str | None = None, **kwargs: Any) -> Any:
@@ -261,10 +300,13 @@ class Gateway:
     def enable_embedding_batching(self, max_batch_size: int = 20, batch_timeout: float = 0.1,
                                   auto_batching: bool = True) -> dict:
         """Coalesce concurrent single-text embeds per model into upstream batches."""
-        return self._call("enable_batching", max_batch_size, batch_timeout, auto_batching)
+        settings = self._call("enable_batching", max_batch_size, batch_timeout, auto_batching)
+        self._batcher_seen_at = 0.0
+        return settings
 
     def disable_embedding_batching(self) -> None:
         self._call("disable_batching")
+        self._batcher_seen_at = 0.0
 
     def batching_stats(self) -> dict:
         return self._call("batching_stats")

@@ -73,3 +73,17 @@ def test_batch_size_is_capped_by_the_provider_limit(make_gateway, fake):
     assert gw.enable_embedding_batching(max_batch_size=4, batch_timeout=0.2)["max_batch_size"] == 4
     ray.get([gw.router.embed.remote("text-embedding-3-small", f"z{i}") for i in range(8)])
     assert gw.batching_stats()["largest_batch"] == 4
+
+
+def test_gateway_sends_single_texts_straight_to_the_batcher(make_gateway, fake):
+    import asyncio
+    gw = make_gateway(config(fake))
+
+    async def many():
+        return await asyncio.gather(*(gw.aembed("text-embedding-3-small", f"g{i}") for i in range(10)))
+
+    results = asyncio.run(many())
+    assert len(results) == 10 and gw.batching_stats()["batched_requests"] == 10
+    assert fake.stats()["requests"] == 1
+    gw.disable_embedding_batching()
+    assert len(gw.embed("text-embedding-3-small", "after").embeddings) == 1  # falls back to the router

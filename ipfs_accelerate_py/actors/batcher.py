@@ -20,6 +20,8 @@ from typing import Any
 from .. import errors
 from ..core.priority import parse_priority
 from ..types import EmbeddingRequest, EmbeddingResponse, Usage
+from ray.exceptions import RayTaskError
+
 from ._errors import unwrap
 
 
@@ -82,8 +84,11 @@ class EmbeddingBatcher:
                     **params: Any) -> EmbeddingResponse:
         texts = EmbeddingRequest.coerce_input(input)
         prio = int(parse_priority(priority))
-        limit = await self._limit_for(model)
-        if len(texts) >= limit:
+        try:
+            limit = await self._limit_for(model)  # also rejects unknown models before any waiting
+        except RayTaskError as exc:
+            raise unwrap(exc) from None
+        if len(texts) >= limit or not self.auto_batching:
             # already a full batch: nothing to wait for
             self.counters["direct_requests"] += 1
             return await self.router.embed.remote(model, texts, priority=priority, request_id=request_id,

@@ -79,6 +79,8 @@ class _Slot:
         self.retry_at = 0.0
         self.cooldown_until = 0.0
         self.last_error: str | None = None
+        #: the actor's process has answered once; until then it gets no requests
+        self.up = False
 
     def serves(self, model: str | None) -> bool:
         if model is None:
@@ -90,6 +92,8 @@ class _Slot:
     def state(self, now: float, est_tokens: int) -> tuple[str, float]:
         """(kind, seconds to wait): ok, busy (wait for a completion), open,
         cool (after a 429) or limit (rate-limit headroom)."""
+        if not self.up:
+            return "busy", math.inf  # the dispatcher is woken when the actor is up
         if self.circuit == "OPEN":
             if now < self.retry_at:
                 return "open", self.retry_at - now
@@ -167,6 +171,7 @@ class RouterActor:
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "retries": 0, "failovers": 0,
                          "rejected_queue_full": 0, "streams": 0}
         self._ready: asyncio.Task | None = None
+        self._startups: set[asyncio.Task] = set()
         self._batcher: Any = None
         self._cache: Any = None
         self._cache_stores: set[asyncio.Task] = set()
@@ -195,7 +200,32 @@ class RouterActor:
             self._ready = asyncio.ensure_future(self._discover())
         await asyncio.shield(self._ready)
 
+    def _watch_startup(self, slot: _Slot) -> None:
+        async def wait_up() -> None:
+            while slot.id in self._slots and not slot.up:
+                try:
+                    await slot.handle.ready.remote()
+                    slot.up = True
+                except Exception:  # noqa: BLE001 - still starting or restarting; ask again
+                    await asyncio.sleep(0.2)
+            self._pump()
+
+        task = asyncio.ensure_future(wait_up())
+        self._startups.add(task)
+        task.add_done_callback(self._startups.discard)
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> dict:
+        """Wait until every endpoint actor is up (Gateway.start uses this)."""
+        await self._ensure_ready()
+        deadline = time.monotonic() + timeout_s
+        while any(not s.up for s in self._slots.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return {s.id: s.up for s in self._slots.values()}
+
     async def _discover(self) -> None:
+        for slot in list(self._slots.values()):
+            if not slot.up:
+                self._watch_startup(slot)
         batching = self.config.batching
         if self._batcher is None and (batching.enabled or
                                       _named_actor_exists(f"{self.name}:batcher", self.namespace)):
@@ -221,7 +251,8 @@ class RouterActor:
                 info = await handle.describe.remote()
             except Exception:  # noqa: BLE001 - a dying actor is simply not re-attached
                 continue
-            self._slots[endpoint_id] = _Slot(info, handle)
+            slot = self._slots[endpoint_id] = _Slot(info, handle)
+            slot.up = True
 
     async def add_endpoint(self, endpoint: dict | EndpointConfig) -> dict:
         await self._ensure_ready()
@@ -230,6 +261,7 @@ class RouterActor:
             raise errors.ConfigError(f"endpoint id {ep.id!r} already exists")
         slot = self._attach(ep)
         await slot.handle.ready.remote()
+        slot.up = True
         self._pump()
         return await slot.handle.describe.remote()
 

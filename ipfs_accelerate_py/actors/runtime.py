@@ -38,7 +38,7 @@ def start_router(config: GatewayConfig, *, enable_metrics: bool = True, timeout_
     """Create the router (or reuse the one already running under this name)."""
     cls = ray.remote(RouterActor)
     handle = cls.options(**naming.router_actor_options(config)).remote(config, enable_metrics=enable_metrics)
-    ray.get(handle.ping.remote(), timeout=timeout_s)
+    ray.get(handle.wait_ready.remote(timeout_s), timeout=timeout_s + 5)
     return handle
 
 
