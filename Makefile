@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m ipfs_accelerate_py.cli demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
