@@ -97,14 +97,21 @@ class Gateway:
     def _reattach(self, deadline: float) -> None:
         self._router = runtime.get_router(self.namespace, self.name, max(1.0, deadline - time.monotonic()))
 
+    def _check_recovery(self, deadline: float, delivered: int = 0, request_id: str | None = None) -> None:
+        """The router vanished mid-call: give up (raise) or let the caller wait and repeat."""
+        if delivered:
+            raise errors.StreamInterruptedError(f"the router died after {delivered} chunks",
+                                                request_id=request_id) from None
+        if time.monotonic() > deadline:
+            raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+
     def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
                 return ray.get(getattr(self._router, method).remote(*args, **kwargs))
             except _ROUTER_GONE:
-                if time.monotonic() > deadline:
-                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+                self._check_recovery(deadline)
                 self._reattach(deadline)
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
@@ -115,8 +122,39 @@ class Gateway:
             try:
                 return await getattr(self._router, method).remote(*args, **kwargs)
             except _ROUTER_GONE:
-                if time.monotonic() > deadline:
-                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
+                self._check_recovery(deadline)
+                await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    def _stream(self, method: str, /, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        delivered = 0
+        while True:
+            try:
+                for ref in getattr(self._router, method).remote(*args, **kwargs):
+                    chunk = ray.get(ref)
+                    delivered += 1
+                    yield chunk
+                return
+            except _ROUTER_GONE:
+                self._check_recovery(deadline, delivered, kwargs.get("request_id"))
+                self._reattach(deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+
+    async def _astream(self, method: str, /, *args: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        delivered = 0
+        while True:
+            try:
+                async for ref in getattr(self._router, method).remote(*args, **kwargs):
+                    chunk = await ref
+                    delivered += 1
+                    yield chunk
+                return
+            except _ROUTER_GONE:
+                self._check_recovery(deadline, delivered, kwargs.get("request_id"))
                 await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
@@ -179,26 +217,6 @@ class Gateway:
     def stream_complete(self, model: str, prompt: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         return self._stream("stream_complete", model, prompt, **self._with_id(kwargs))
 
-    def _stream(self, method: str, /, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
-        deadline = time.monotonic() + ROUTER_RECOVERY_S
-        delivered = 0
-        while True:
-            try:
-                for ref in getattr(self._router, method).remote(*args, **kwargs):
-                    chunk = ray.get(ref)
-                    delivered += 1
-                    yield chunk
-                return
-            except _ROUTER_GONE:
-                if delivered:
-                    raise errors.StreamInterruptedError(
-                        f"the router died after {delivered} chunks", request_id=kwargs.get("request_id")) from None
-                if time.monotonic() > deadline:
-                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
-                self._reattach(deadline)
-            except RayTaskError as exc:
-                raise _unwrap(exc) from None
-
     # -- requests: async ----------------------------------------------------------------
     async def achat(self, model: str, messages: Any, **kwargs: Any) -> ChatResponse:
         return await self._acall("chat", model, messages, **self._with_id(kwargs))
@@ -221,25 +239,8 @@ class Gateway:
         return await self._acall("call", op, model, **self._with_id(kwargs))
 
     async def astream_chat(self, model: str, messages: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
-        self._with_id(kwargs)
-        deadline = time.monotonic() + ROUTER_RECOVERY_S
-        delivered = 0
-        while True:
-            try:
-                async for ref in self._router.stream_chat.remote(model, messages, **kwargs):
-                    chunk = await ref
-                    delivered += 1
-                    yield chunk
-                return
-            except _ROUTER_GONE:
-                if delivered:
-                    raise errors.StreamInterruptedError(
-                        f"the router died after {delivered} chunks", request_id=kwargs.get("request_id")) from None
-                if time.monotonic() > deadline:
-                    raise errors.ConnectionError("the gateway router is gone and did not come back") from None
-                await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
-            except RayTaskError as exc:
-                raise _unwrap(exc) from None
+        async for chunk in self._astream("stream_chat", model, messages, **self._with_id(kwargs)):
+            yield chunk
 
     # -- management -------------------------------------------------------------------
     def list_models(self, live: bool = False) -> list[ModelInfo]:

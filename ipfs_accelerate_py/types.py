@@ -136,6 +136,17 @@ def coerce_messages(messages: Any) -> list[Message]:
     return [Message.coerce(m) for m in messages]
 
 
+class _DictAccess:
+    """``response["text"]`` and ``response.get("usage")`` for seed-style code,
+    which treated every response as a dict."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key in {f.name for f in fields(self)}:  # type: ignore[arg-type]
+            return getattr(self, key)
+        raise KeyError(key)
+
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0
@@ -188,7 +199,7 @@ class ChatRequest:
 
 
 @dataclass
-class ChatResponse:
+class ChatResponse(_DictAccess):
     text: str = ""
     model: str = ""
     usage: Usage = field(default_factory=Usage)
@@ -205,18 +216,10 @@ class ChatResponse:
     raw: Any = None
 
     def __getitem__(self, key: str) -> Any:
-        """Dict-style access (``response["text"]``) for seed-style code."""
         if key == "usage":
             return asdict(self.usage)
-        if key in {f.name for f in fields(self)}:
-            return getattr(self, key)
-        raise KeyError(key)
+        return super().__getitem__(key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
     @property
     def truncated(self) -> bool:
@@ -224,7 +227,7 @@ class ChatResponse:
 
 
 @dataclass
-class StreamChunk:
+class StreamChunk(_DictAccess):
     """One piece of a streamed answer.  The last chunk has ``done=True`` and,
     when the provider reports it, ``usage``; ``text`` of all chunks joined is the answer."""
     text: str = ""
@@ -240,16 +243,6 @@ class StreamChunk:
     cached: bool = False
     raw: Any = None
 
-    def __getitem__(self, key: str) -> Any:
-        if key in {f.name for f in fields(self)}:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
 
 @dataclass
@@ -278,7 +271,7 @@ class EmbeddingRequest:
 
 
 @dataclass
-class EmbeddingResponse:
+class EmbeddingResponse(_DictAccess):
     embeddings: list[list[float]] = field(default_factory=list)
     model: str = ""
     usage: Usage = field(default_factory=Usage)
@@ -293,19 +286,12 @@ class EmbeddingResponse:
     def __getitem__(self, key: str) -> Any:
         if key == "embedding":
             return self.embeddings[0] if self.embeddings else []
-        if key in {f.name for f in fields(self)}:
-            return getattr(self, key)
-        raise KeyError(key)
+        return super().__getitem__(key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
 
 @dataclass
-class ModelInfo:
+class ModelInfo(_DictAccess):
     id: str
     provider: str | None = None
     endpoint_id: str | None = None
@@ -316,16 +302,6 @@ class ModelInfo:
     description: str | None = None
     raw: Any = None
 
-    def __getitem__(self, key: str) -> Any:
-        if key in {f.name for f in fields(self)}:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
 
 @dataclass
@@ -338,7 +314,7 @@ class OperationRequest:
 
 
 @dataclass
-class OperationResponse:
+class OperationResponse(_DictAccess):
     """Result of a non-chat operation.  ``data`` is the operation's natural
     value: a list of image URLs, audio bytes, moderation results, rerank scores,
     an S3 object's bytes, a presigned URL, ..."""
@@ -354,17 +330,10 @@ class OperationResponse:
     raw: Any = None
 
     def __getitem__(self, key: str) -> Any:
-        if key in {f.name for f in fields(self)}:
-            return getattr(self, key)
-        if isinstance(self.data, Mapping) and key in self.data:
+        if isinstance(self.data, Mapping) and key in self.data and key not in {f.name for f in fields(self)}:
             return self.data[key]
-        raise KeyError(key)
+        return super().__getitem__(key)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
 
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
