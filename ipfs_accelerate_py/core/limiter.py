@@ -382,7 +382,7 @@ class _Axis:
         for other in self._rights:
             value = self._rights[other]
             self._rights[other] = (value - given if other > rid
-                                   else value)
+                                   else min(value + amount, right) - given)
         self._drop_exhausted()
 
     def lower_to(self, level: float) -> None:
