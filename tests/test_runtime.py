@@ -353,3 +353,12 @@ def test_keys_never_appear_in_any_output(make_gateway, fake):
 def _session_dir() -> str:
     from ray._private.worker import global_worker
     return global_worker.node.get_session_dir_path()
+
+
+def test_second_start_attaches_and_warns_about_unknown_endpoints(make_gateway, fake):
+    gw = make_gateway({"endpoints": [endpoint(fake, "oa-1", key())]})
+    with pytest.warns(RuntimeWarning, match="no endpoint"):
+        again = ia.Gateway.start({"namespace": gw.namespace,
+                                  "endpoints": [endpoint(fake, "oa-1", key()), endpoint(fake, "other", key())]},
+                                 enable_metrics=False)
+    assert {e["id"] for e in again.endpoints()} == {"oa-1"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -35,11 +36,33 @@ def ensure_ray(**init_kwargs: Any) -> None:
 
 
 def start_router(config: GatewayConfig, *, enable_metrics: bool = True, timeout_s: float = 60.0):
-    """Create the router (or reuse the one already running under this name)."""
+    """Create the router (or reuse the one already running under this name).
+
+    Reusing keeps the running router's configuration: a second job attaches to
+    the same key actors.  Endpoints of ``config`` that it does not know are
+    reported (add them with Gateway.add_endpoint), never silently dropped.
+    """
+    existed = _router_exists(config)
     cls = ray.remote(RouterActor)
     handle = cls.options(**naming.router_actor_options(config)).remote(config, enable_metrics=enable_metrics)
     ray.get(handle.wait_ready.remote(timeout_s), timeout=timeout_s + 5)
+    if existed:
+        known = {e["id"] for e in ray.get(handle.endpoints.remote(), timeout=timeout_s)}
+        missing = [e.id for e in config.endpoints if e.enabled and e.id not in known]
+        if missing:
+            warnings.warn(
+                f"attached to the running gateway {config.name!r} in namespace {config.namespace!r}, which "
+                f"keeps its own configuration; it has no endpoint(s) {', '.join(missing)} from this config "
+                f"(use Gateway.add_endpoint, or shut it down first)", RuntimeWarning, stacklevel=3)
     return handle
+
+
+def _router_exists(config: GatewayConfig) -> bool:
+    try:
+        ray.get_actor(naming.router_name(config.name), namespace=config.namespace)
+        return True
+    except ValueError:
+        return False
 
 
 def get_router(namespace: str, name: str, timeout_s: float = 30.0):
