@@ -242,6 +242,26 @@ class Gateway:
         async for chunk in self._astream("stream_chat", model, messages, **self._with_id(kwargs)):
             yield chunk
 
+    async def astream_complete(self, model: str, prompt: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+        async for chunk in self._astream("stream_complete", model, prompt, **self._with_id(kwargs)):
+            yield chunk
+
+    async def astream_call(self, op: str, /, model: str | None = None, **kwargs: Any) -> AsyncIterator[StreamChunk]:
+        async for chunk in self._astream("stream_call", op, model, **self._with_id(kwargs)):
+            yield chunk
+
+    async def alist_models(self, live: bool = False) -> list[ModelInfo]:
+        return await self._acall("list_models", live)
+
+    async def astats(self, endpoint_id: str | None = None) -> dict:
+        return await self._acall("stats", endpoint_id)
+
+    async def ahealth(self) -> dict:
+        return await self._acall("health")
+
+    async def aqueue_info(self) -> dict:
+        return await self._acall("queue_info")
+
     # -- management -------------------------------------------------------------------
     def list_models(self, live: bool = False) -> list[ModelInfo]:
         return self._call("list_models", live)

@@ -345,7 +345,7 @@ def build_chat_request(model: Any, messages: Any, params: Mapping[str, Any]) -> 
         raise InvalidRequestError("model must be a non-empty string", code="invalid_model")
     req = ChatRequest(model=model, messages=coerce_messages(messages))
     known = {f.name for f in fields(ChatRequest)} - {"model", "messages", "extra"}
-    extra = dict(params.get("extra") or {})
+    extra = _extra(params)
     for key, value in params.items():
         if key == "extra" or value is None:
             continue
@@ -361,6 +361,30 @@ def build_chat_request(model: Any, messages: Any, params: Mapping[str, Any]) -> 
     req.extra = extra
     _validate_sampling(req)
     return req
+
+
+def _extra(params: Mapping[str, Any]) -> dict:
+    extra = params.get("extra")
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise InvalidRequestError(f"extra must be an object of provider-specific fields, got {type(extra).__name__}",
+                                  code="invalid_extra")
+    return dict(extra)
+
+
+def validate_sampling_params(params: Mapping[str, Any]) -> None:
+    """Check sampling keyword arguments (temperature, max_tokens, ...) on their own,
+    for operations such as legacy completions that have no ChatRequest."""
+    req = ChatRequest(model="-", messages=[])
+    for key in SAMPLING_FIELDS:
+        value = params.get("max_completion_tokens" if key == "max_tokens" and "max_tokens" not in params
+                           else key)
+        if value is not None:
+            setattr(req, key, value)
+    if params.get("stop") is not None:
+        req.stop = params["stop"]
+    _validate_sampling(req)
 
 
 def _validate_sampling(req: ChatRequest) -> None:
@@ -399,7 +423,7 @@ def build_embedding_request(model: Any, input: Any, params: Mapping[str, Any]) -
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequestError("model must be a non-empty string", code="invalid_model")
     req = EmbeddingRequest(model=model, input=EmbeddingRequest.coerce_input(input))
-    extra = dict(params.get("extra") or {})
+    extra = _extra(params)
     for key, value in params.items():
         if key == "extra" or value is None:
             continue

@@ -362,3 +362,21 @@ def test_second_start_attaches_and_warns_about_unknown_endpoints(make_gateway, f
                                   "endpoints": [endpoint(fake, "oa-1", key()), endpoint(fake, "other", key())]},
                                  enable_metrics=False)
     assert {e["id"] for e in again.endpoints()} == {"oa-1"}
+
+
+def test_completions_validate_prompt_and_sampling(make_gateway, fake):
+    import asyncio
+    gw = make_gateway({"endpoints": [endpoint(fake, "oa-1", key(), models=["gpt-3.5-turbo-instruct"])]})
+    assert gw.complete("gpt-3.5-turbo-instruct", "Say hi").text
+    for bad_prompt in ("", [], [""], 5):
+        with pytest.raises(ia.InvalidRequestError):
+            gw.complete("gpt-3.5-turbo-instruct", bad_prompt)
+    with pytest.raises(ia.InvalidRequestError):
+        list(gw.stream_complete("gpt-3.5-turbo-instruct", "hi", max_tokens=0))
+    with pytest.raises(ia.InvalidRequestError):
+        gw.chat("gpt-3.5-turbo-instruct", MSG, extra="boom")
+
+    async def streamed():
+        return [c async for c in gw.astream_complete("gpt-3.5-turbo-instruct", "Say hi")]
+
+    assert asyncio.run(streamed())[-1].done

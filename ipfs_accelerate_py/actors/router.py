@@ -44,7 +44,8 @@ from ..core.selection import EndpointView, make_strategy
 from ..providers.base import canonical_name, get_provider_class
 from ..core.semantic_cache import as_stream
 from ..types import (STREAMING_OPERATIONS, ChatRequest, ChatResponse, EmbeddingRequest, ModelInfo,
-                     OperationRequest, StreamChunk, Usage, build_chat_request, build_embedding_request)
+                     OperationRequest, StreamChunk, Usage, build_chat_request, build_embedding_request,
+                     validate_sampling_params)
 from . import metrics, naming
 from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
@@ -472,8 +473,7 @@ class RouterActor:
 
     async def complete(self, model: str, prompt: Any, *, priority: Any = None, request_id: str | None = None,
                        endpoint_id: str | None = None, timeout_s: float | None = None, **params: Any):
-        if not isinstance(prompt, (str, list)) or not prompt:
-            raise errors.InvalidRequestError("prompt must be a non-empty string or list of strings")
+        _check_prompt(prompt, params)
         request = OperationRequest(op="complete", model=model, params={"prompt": prompt, **params})
         return await self._submit("complete", request, model, priority, request_id, endpoint_id, timeout_s)
 
@@ -586,6 +586,7 @@ class RouterActor:
     async def stream_complete(self, model: str, prompt: Any, *, priority: Any = None,
                               request_id: str | None = None, endpoint_id: str | None = None,
                               timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
+        _check_prompt(prompt, params)
         request = OperationRequest(op="stream_complete", model=model, params={"prompt": prompt, **params})
         async for chunk in self._stream("stream_complete", request, model, priority, request_id, endpoint_id,
                                         timeout_s):
@@ -1022,3 +1023,12 @@ def _named_actor_exists(name: str, namespace: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _check_prompt(prompt: Any, params: dict) -> None:
+    ok = isinstance(prompt, str) and prompt.strip() or (
+        isinstance(prompt, list) and prompt and all(isinstance(p, str) and p for p in prompt))
+    if not ok:
+        raise errors.InvalidRequestError("prompt must be a non-empty string or a list of non-empty strings",
+                                         code="invalid_prompt")
+    validate_sampling_params(params)
