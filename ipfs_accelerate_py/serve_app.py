@@ -954,19 +954,6 @@ class GatewayIngress:
         except StopAsyncIteration:
             return None
 
-    async def _stream_complete(self, model: str, prompt: Any, **kwargs: Any) -> AsyncIterator[StreamChunk]:
-        """Gateway has no async stream_complete: the router's streaming generator, unwrapped."""
-        from ray.exceptions import RayTaskError
-        from .gateway import _unwrap
-        try:
-            async for ref in self.gw.router.stream_complete.remote(model, prompt, **kwargs):
-                yield await ref
-        except RayTaskError as exc:
-            raise _unwrap(exc) from None
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        return await self.gw._acall(method, *args)
-
     # -- OpenAI routes ---------------------------------------------------------------
     @fastapi_app.post("/v1/chat/completions", openapi_extra=_body_spec(ChatCompletionRequest),
                       tags=["openai"], summary="Chat completion (SSE when stream is true)")
@@ -999,7 +986,7 @@ class GatewayIngress:
             rid, model, created = kwargs["request_id"], data["model"], int(time.time())
             if data.get("stream"):
                 include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-                agen = self._stream_complete(model, data["prompt"], include_usage=True, **kwargs)
+                agen = self.gw.astream_complete(model, data["prompt"], include_usage=True, **kwargs)
                 first = await self._prefetch(agen)
                 return StreamingResponse(_guarded(
                     completion_sse(first, agen, completion_id=f"cmpl-{rid}", model=model, created=created,
@@ -1028,7 +1015,7 @@ class GatewayIngress:
     async def list_models(self, request: Request) -> Response:
         try:
             self._authorize(request)
-            infos = await self._call("list_models", False)
+            infos = await self.gw.alist_models(False)
             unique: dict[str, dict] = {}
             for info in infos:
                 unique.setdefault(info.id, model_json(info))
@@ -1040,7 +1027,7 @@ class GatewayIngress:
     async def retrieve_model(self, model_id: str, request: Request) -> Response:
         try:
             self._authorize(request)
-            infos = await self._call("list_models", False)
+            infos = await self.gw.alist_models(False)
             for info in infos:
                 if info.id == model_id:
                     return _json_response(model_json(info))
@@ -1076,7 +1063,7 @@ class GatewayIngress:
     @fastapi_app.get("/health", tags=["operations"], summary="Liveness and endpoint circuits (no token needed)")
     async def health(self, request: Request) -> Response:
         try:
-            report = await self._call("health")
+            report = await self.gw.ahealth()
             return _json_response(_scrub(report))
         except Exception as exc:  # noqa: BLE001
             return error_response(request, exc)
@@ -1085,8 +1072,8 @@ class GatewayIngress:
     async def stats(self, request: Request) -> Response:
         try:
             self._authorize(request)
-            report = await self._call("stats", None)
-            queue = await self._call("queue_info")
+            report = await self.gw.astats(None)
+            queue = await self.gw.aqueue_info()
             return _json_response(_scrub({**report, "queue_info": queue}))
         except Exception as exc:  # noqa: BLE001
             return error_response(request, exc)

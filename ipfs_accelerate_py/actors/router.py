@@ -199,7 +199,10 @@ class RouterActor:
         this router (it may have been restarted after a crash)."""
         if self._ready is None:
             self._ready = asyncio.ensure_future(self._discover())
-        await asyncio.shield(self._ready)
+        if self._ready.done():
+            self._ready.result()  # the hot path: no awaiting once discovery has finished
+        else:
+            await asyncio.shield(self._ready)
 
     def _watch_startup(self, slot: _Slot) -> None:
         async def wait_up() -> None:
