@@ -1055,7 +1055,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("ovms", ("OVMS_API_KEY",), _url_variants("OVMS"), ("OVMS_MODEL", "OVMS_DEFAULT_MODEL"), needs="url"),
     _Spec("opea", ("OPEA_API_KEY",), _url_variants("OPEA"), ("OPEA_MODEL", "OPEA_DEFAULT_MODEL"), needs="url"),
 )
-_S3_URL_VARS = ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "S3_BASE_URL", "S3_URL")
+_S3_URL_VARS = ("S3_ENDPOINT_URL", "S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "S3_BASE_URL", "S3_URL")
 
 
 def _value(variables: Mapping[str, Any], name: str) -> str | None:

@@ -290,6 +290,14 @@ class Gateway:
     def add_endpoint(self, endpoint: Mapping[str, Any]) -> dict:
         return self._call("add_endpoint", dict(endpoint))
 
+    def add_api_key(self, name: str, api_key: str, *, like: str | None = None, provider: str | None = None,
+                    **fields: Any) -> dict:
+        """Add another key for a provider already served (copies an existing endpoint's settings)."""
+        return self._call("add_api_key", name, api_key, like=like, provider=provider, **fields)
+
+    def key_usage_stats(self) -> dict:
+        return self._call("key_usage_stats")
+
     def remove_endpoint(self, endpoint_id: str) -> bool:
         return self._call("remove_endpoint", endpoint_id)
 

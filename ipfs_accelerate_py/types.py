@@ -145,6 +145,12 @@ class _DictAccess:
             return getattr(self, key)
         raise KeyError(key)
 
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
 
 
 @dataclass

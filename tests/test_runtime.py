@@ -380,3 +380,23 @@ def test_completions_validate_prompt_and_sampling(make_gateway, fake):
         return [c async for c in gw.astream_complete("gpt-3.5-turbo-instruct", "Say hi")]
 
     assert asyncio.run(streamed())[-1].done
+
+
+def test_add_api_key_copies_an_endpoint_and_reports_key_usage(make_gateway, fake):
+    gw = make_gateway({"endpoints": [endpoint(fake, "oa-1", key(), rpm=600)]})
+    info = gw.add_api_key("second", key("two"), like="oa-1")
+    assert info["models"] == ["gpt-4o-mini", "text-embedding-3-small"] and info["rpm"] == 600
+    for _ in range(4):
+        gw.chat("gpt-4o-mini", MSG)
+    usage = gw.key_usage_stats()
+    assert set(usage) == {"oa-1", "second"} and usage["second"]["requests"] == 2
+    assert usage["second"]["key"].startswith("sk-...")
+
+
+def test_endpoint_retry_overrides_beat_the_gateway_policy(make_gateway, fake):
+    fake.set_controls({"faults": [{"kind": "status", "status": 500, "count": 1}]})
+    gw = make_gateway({"retry": fast_retry(max_retries=3),
+                       "endpoints": [endpoint(fake, "strict", key(), retry={"max_retries": 0})]})
+    with pytest.raises(ia.ProviderError):
+        gw.chat("gpt-4o-mini", MSG)
+    assert fake.stats()["requests"] == 1

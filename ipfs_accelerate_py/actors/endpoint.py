@@ -93,6 +93,7 @@ class EndpointActor:
             "models": list(cfg.models), "default_model": cfg.default_model, "rpm": cfg.rpm, "tpm": cfg.tpm,
             "burst_s": cfg.burst_s, "max_concurrent_requests": self.max_concurrent, "weight": cfg.weight,
             "key": cfg.fingerprint, "operations": sorted(self.provider.operations),
+            "retry": dict(cfg.retry or {}),
         }
 
     async def stats(self) -> dict:

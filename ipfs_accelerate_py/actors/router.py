@@ -82,6 +82,8 @@ class _Slot:
         self.last_error: str | None = None
         #: the actor's process has answered once; until then it gets no requests
         self.up = False
+        #: this endpoint's own RetryPolicy fields over the gateway's (max_retries, delays)
+        self.retry_overrides: dict = dict(info.get("retry") or {})
 
     def serves(self, model: str | None) -> bool:
         if model is None:
@@ -189,7 +191,8 @@ class RouterActor:
         handle = _create_endpoint_actor(self.config, ep, self._enable_metrics)
         info = {"id": ep.id, "provider": canonical_name(ep.provider), "models": ep.models,
                 "default_model": ep.default_model, "rpm": ep.rpm, "tpm": ep.tpm, "burst_s": ep.burst_s,
-                "max_concurrent_requests": ep.max_concurrent_requests, "weight": ep.weight}
+                "max_concurrent_requests": ep.max_concurrent_requests, "weight": ep.weight,
+                "retry": dict(ep.retry or {})}
         slot = _Slot(info, handle)
         self._slots[ep.id] = slot
         return slot
@@ -268,6 +271,30 @@ class RouterActor:
         slot.up = True
         self._pump()
         return await slot.handle.describe.remote()
+
+    async def add_api_key(self, name: str, api_key: str, *, like: str | None = None,
+                          provider: str | None = None, **fields: Any) -> dict:
+        """Another key for a provider already served: a new endpoint named ``name``
+        that copies the provider, base URL, models and limits of ``like`` (or of
+        the first endpoint of ``provider``)."""
+        await self._ensure_ready()
+        template = self._slot(like) if like else next(
+            (s for s in self._slots.values() if provider is None or s.provider == canonical_name(provider)), None)
+        if template is None:
+            raise errors.ConfigError(f"no endpoint to copy for key {name!r}; add one with add_endpoint first")
+        info = await template.handle.describe.remote()
+        spec = {"id": name, "provider": info["provider"], "base_url": info["base_url"], "api_key": api_key,
+                "models": info["models"], "default_model": info["default_model"], "rpm": info["rpm"],
+                "tpm": info["tpm"], "burst_s": info["burst_s"], "weight": info["weight"],
+                "max_concurrent_requests": info["max_concurrent_requests"], **fields}
+        return await self.add_endpoint({k: v for k, v in spec.items() if v is not None})
+
+    async def key_usage_stats(self) -> dict:
+        """Per key: requests, tokens and cost (the seed's get_key_usage_stats)."""
+        stats = await self.stats()
+        return {eid: {"key": s.get("key"), "requests": s.get("total_requests", 0),
+                      "tokens": s.get("total_tokens", 0), "cost": s.get("cost_usd", 0.0)}
+                for eid, s in stats["endpoints"].items() if "error" not in s}
 
     async def remove_endpoint(self, endpoint_id: str) -> bool:
         await self._ensure_ready()
@@ -710,6 +737,7 @@ class RouterActor:
             isinstance(err, errors.RateLimitError) and not err.retryable)
         if not err.retryable and not key_problem:
             return None
+        policy = self.retry.with_overrides(**slot.retry_overrides) if slot.retry_overrides else self.retry
         now = time.monotonic()
         others = [s for s in (self._slots.get(i) for i in job.group) if s is not None and s.id != slot.id
                   and s.state(now, job.est_tokens)[0] != "open"]
@@ -720,14 +748,14 @@ class RouterActor:
         if failover:
             job.failovers += 1
             self.counters["failovers"] += 1
-            if job.failovers > self.retry.max_retries + 2 * len(job.group):
+            if job.failovers > policy.max_retries + 2 * len(job.group):
                 return None
             if self._metrics:
                 self._metrics.retry(type(err).__name__)
             return 0.0  # the endpoint's own state (cooldown/open) keeps it out of the next lease
         job.retries += 1
         self.counters["retries"] += 1
-        if job.retries > self.retry.max_retries:
+        if job.retries > policy.max_retries:
             return None
         if self._metrics:
             self._metrics.retry(type(err).__name__)
@@ -735,7 +763,7 @@ class RouterActor:
             return 0.0  # prefer another key right away
         if err.retry_after is not None and 0 <= err.retry_after <= 120:
             return err.retry_after
-        return self.retry.delay(job.retries - 1)
+        return policy.delay(job.retries - 1)
 
     # -- leasing ---------------------------------------------------------------------
     async def _lease(self, job: _Job, front: bool = False) -> _Slot:

@@ -259,7 +259,9 @@ class OllamaProtocol(FakeProtocol):
         if not isinstance(name, str) or not name:
             raise _bad("model is required")
         full = name if ":" in name else f"{name}:latest"
-        extra = ctx.controls.extra_models.get(name) or ctx.controls.extra_models.get(full)
+        extra = ctx.controls.extra_models.get(name)
+        if extra is None:  # an entry with no attributes ({}) still names a model
+            extra = ctx.controls.extra_models.get(full)
         base = self.models.get(full)
         if extra is not None:
             fields = {k: (tuple(v) if k == "capabilities" else v) for k, v in extra.items()
