@@ -8,6 +8,7 @@ the router is back, so a caller sees each request end exactly once.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 import uuid
 from pathlib import Path
@@ -105,11 +106,19 @@ class Gateway:
         if time.monotonic() > deadline:
             raise errors.ConnectionError("the gateway router is gone and did not come back") from None
 
+    def _submit(self, method: str, args: tuple, kwargs: dict) -> Any:
+        """Start a router call; arguments Ray cannot serialize are the caller's error."""
+        try:
+            return getattr(self._router, method).remote(*args, **kwargs)
+        except (pickle.PicklingError, RecursionError, TypeError) as exc:
+            raise errors.InvalidRequestError(f"the request could not be serialized: {type(exc).__name__}",
+                                             code="invalid_request") from None
+
     def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
-                return ray.get(getattr(self._router, method).remote(*args, **kwargs))
+                return ray.get(self._submit(method, args, kwargs))
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 self._reattach(deadline)
@@ -120,7 +129,7 @@ class Gateway:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
-                return await getattr(self._router, method).remote(*args, **kwargs)
+                return await self._submit(method, args, kwargs)
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
@@ -132,7 +141,7 @@ class Gateway:
         delivered = 0
         while True:
             try:
-                for ref in getattr(self._router, method).remote(*args, **kwargs):
+                for ref in self._submit(method, args, kwargs):
                     chunk = ray.get(ref)
                     delivered += 1
                     yield chunk
@@ -148,7 +157,7 @@ class Gateway:
         delivered = 0
         while True:
             try:
-                async for ref in getattr(self._router, method).remote(*args, **kwargs):
+                async for ref in self._submit(method, args, kwargs):
                     chunk = await ref
                     delivered += 1
                     yield chunk

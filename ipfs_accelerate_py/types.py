@@ -8,6 +8,7 @@ providers layer ever sees a wire format (except in ``raw``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Literal, Mapping
 
@@ -366,7 +367,51 @@ def build_chat_request(model: Any, messages: Any, params: Mapping[str, Any]) -> 
             extra[key] = value
     req.extra = extra
     _validate_sampling(req)
+    for name in ("tools", "tool_choice", "response_format", "extra", "stop", "user"):
+        check_wire_value(getattr(req, name), name)
+    for i, m in enumerate(req.messages):
+        check_wire_value(m.content, f"messages[{i}].content")
     return req
+
+
+#: deeper request structures than this are refused (pickle and providers choke long before)
+MAX_NESTING = 64
+
+
+def check_wire_value(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse what cannot go on the wire as JSON: non-UTF-8 text (lone
+    surrogates), NaN/Infinity, non-JSON types, absurd nesting.  Checked before
+    routing, so bad input is the caller's typed 400, never a provider 5xx
+    counted against a key's circuit."""
+    if depth > MAX_NESTING:
+        raise InvalidRequestError(f"{path} is nested more than {MAX_NESTING} levels deep", code="too_deep")
+    if value is None or isinstance(value, bool) or isinstance(value, int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidRequestError(f"{path} must be a finite number", code="invalid_number")
+        return
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequestError(f"{path} is not valid Unicode text (lone surrogate)",
+                                      code="invalid_unicode") from None
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_wire_value(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequestError(f"{path} has a non-string key {key!r}", code="invalid_key")
+            check_wire_value(item, f"{path}.{key}", depth + 1)
+        return
+    if "image" in path and (isinstance(value, (bytes, bytearray)) or hasattr(value, "save")):
+        return  # raw image bytes / PIL images: the provider encodes them
+    raise InvalidRequestError(f"{path} has a value of type {type(value).__name__}, which JSON cannot carry",
+                              code="invalid_type")
 
 
 def _extra(params: Mapping[str, Any]) -> dict:
@@ -399,7 +444,8 @@ def _validate_sampling(req: ChatRequest) -> None:
         if value is None:
             return
         ok_type = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_type):
+        if isinstance(value, bool) or not isinstance(value, ok_type) or (
+                isinstance(value, float) and not math.isfinite(value)):
             raise InvalidRequestError(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}",
                                       code=f"invalid_{name}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -437,6 +483,8 @@ def build_embedding_request(model: Any, input: Any, params: Mapping[str, Any]) -
             setattr(req, key, value)
         else:
             extra[key] = value
+    check_wire_value(req.input, "input")
+    check_wire_value(extra, "extra")
     if req.encoding_format not in (None, "float", "base64"):
         raise InvalidRequestError("encoding_format must be 'float' or 'base64'", code="invalid_encoding_format")
     req.extra = extra

@@ -565,6 +565,7 @@ class RouterActor:
                     "upstream_calls_saved": 0, "estimated_savings": {"upstream_requests": 0, "cost_usd": 0.0}}
         return {"enabled": True, **(await self._batcher.stats.remote())}
 
+    @ray.method(max_task_retries=0)  # a stream is never replayed: see Gateway._stream
     async def stream_call(self, op: str, model: str | None = None, *, provider: str | None = None,
                           priority: Any = None, request_id: str | None = None, endpoint_id: str | None = None,
                           timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
@@ -587,6 +588,7 @@ class RouterActor:
         return await self._submit(op, request, model, priority, request_id, endpoint_id, timeout_s,
                                   provider=provider)
 
+    @ray.method(max_task_retries=0)  # a stream is never replayed: see Gateway._stream
     async def stream_chat(self, model: str, messages: Any, *, priority: Any = None,
                           request_id: str | None = None, endpoint_id: str | None = None,
                           timeout_s: float | None = None, cache: bool = True,
@@ -613,6 +615,7 @@ class RouterActor:
                     finish_reason=chunk.finish_reason, cost_usd=chunk.cost_usd, endpoint_id=chunk.endpoint_id))
             yield chunk
 
+    @ray.method(max_task_retries=0)  # a stream is never replayed: see Gateway._stream
     async def stream_complete(self, model: str, prompt: Any, *, priority: Any = None,
                               request_id: str | None = None, endpoint_id: str | None = None,
                               timeout_s: float | None = None, **params: Any) -> AsyncIterator[StreamChunk]:
@@ -626,8 +629,16 @@ class RouterActor:
     def _new_job(self, op: str, request: Any, model: str | None, priority: Any, request_id: str | None,
                  endpoint_id: str | None, timeout_s: float | None, provider: str | None = None) -> _Job:
         prio = parse_priority(priority)
-        if request_id is not None and (not isinstance(request_id, str) or not request_id or len(request_id) > 256):
-            raise errors.InvalidRequestError("request_id must be a non-empty string of at most 256 characters")
+        if request_id is not None and (not isinstance(request_id, str) or not request_id or len(request_id) > 256
+                                       or not request_id.isprintable()):
+            raise errors.InvalidRequestError(
+                "request_id must be a non-empty printable string of at most 256 characters", code="invalid_request_id")
+        for label, value in (("endpoint_id", endpoint_id), ("provider", provider)):
+            if value is not None and not isinstance(value, str):
+                raise errors.InvalidRequestError(f"{label} must be a string", code=f"invalid_{label}")
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                      or not math.isfinite(timeout_s) or timeout_s <= 0):
+            raise errors.InvalidRequestError("timeout_s must be a positive number of seconds", code="invalid_timeout")
         rid = request_id or f"req_{self._id_prefix}{next(self._ids):x}"
         group, upstream = self._resolve(op, model, endpoint_id=endpoint_id, provider=provider)
         if upstream is not None and hasattr(request, "model"):
@@ -824,8 +835,7 @@ class RouterActor:
             elif now >= job.deadline:
                 queue.pop()
                 job.lease.set_exception(job.last_error or errors.TimeoutError(
-                    f"request waited {self.config.request_timeout_s:.0f}s without an endpoint becoming free",
-                    request_id=job.request_id))
+                    "request reached its deadline before an endpoint became free", request_id=job.request_id))
             else:
                 slot, wait = self._choose(job, now)
                 if slot is None:
