@@ -135,12 +135,8 @@ def test_chaos_bulk_and_streams_lose_nothing(make_gateway, fake, tmp_path):
     keys = {role: key(role) for role in ("healthy", "revoked", "throttled")}
     gw = make_gateway(soak.chaos_config(fake, keys, namespace=f"test-chaos-{uuid.uuid4().hex[:8]}",
                                         max_concurrent=16, reset_timeout=1.0))
-    # router_restart_streams_ok: a stream caught by the router kill may come out spliced from two
-    # upstream answers or silently truncated, the defect pinned by the two
-    # test_router_killed_mid_stream_* xfails below; drop the flag once they pass
     figures = soak.run_chaos(gw, fake, keys, tmp_path, requests=400, streams=40, concurrency=32,
-                             stream_concurrency=8, throttle_s=1.5, retry_after_s=0.5,
-                             router_restart_streams_ok=True, log=lambda _: None)
+                             stream_concurrency=8, throttle_s=1.5, retry_after_s=0.5, log=lambda _: None)
     by_key = fake.stats()["by_key"]
     assert figures["problems"] == [], figures
     assert figures["results_lines"] == 400 and figures["missing"] == 0 and figures["duplicated"] == 0
