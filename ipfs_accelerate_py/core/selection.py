@@ -17,6 +17,7 @@ serialises every call.  One instance may serve several routing groups.
 """
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
@@ -58,7 +59,7 @@ def _clamped(value: float, low: float, high: float) -> float:
     return low if math.isnan(value) else min(high, max(low, value))
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """Base class: filtering, the rotation cursor and the None-when-nothing-fits rule."""
 
     name: ClassVar[str] = ""
@@ -75,8 +76,9 @@ class Strategy:
         self._last_id = choice.id
         return choice
 
-    def _choose(self, eligible: list[EndpointView]) -> EndpointView:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _choose(self, eligible: list[EndpointView]) -> EndpointView:
+        """Pick one of the endpoints that have room (each strategy's own rule)."""
 
     def _rotate(self, views: list[EndpointView]) -> EndpointView:
         """The first view after the last pick in sorted id order, wrapping around."""

@@ -9,6 +9,7 @@ paths, how fields map.  Everything two providers would otherwise both write
 """
 from __future__ import annotations
 
+import abc
 import fnmatch
 import importlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable, Mapping
@@ -28,7 +29,7 @@ Request = ChatRequest | EmbeddingRequest | OperationRequest
 Result = ChatResponse | EmbeddingResponse | OperationResponse | list[ModelInfo]
 
 
-class StreamDecoder:
+class StreamDecoder(abc.ABC):
     """Turns a provider's stream events into StreamChunks.
 
     ``feed`` gets one framed event (an ``SseEvent`` for SSE, a parsed object
@@ -39,11 +40,13 @@ class StreamDecoder:
     never look complete).
     """
 
-    def feed(self, event: Any) -> list[StreamChunk]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def feed(self, event: Any) -> list[StreamChunk]:
+        """Chunks for one framed event."""
 
-    def close(self) -> list[StreamChunk]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> list[StreamChunk]:
+        """The final chunk(s) at the end of the body."""
 
 
 class Provider:
