@@ -112,17 +112,64 @@ def test_invalid_priority_on_push_leaves_queue_and_bound_untouched() -> None:
 
 def test_push_beyond_maxsize_is_a_retryable_queue_full_error() -> None:
     queue: PriorityQueue[str] = PriorityQueue(maxsize=2)
-    queue.push("a", NORMAL)
-    queue.push("b", HIGH)
+    queue.push("a", HIGH)
+    queue.push("b", NORMAL)
     with pytest.raises(errors.QueueFullError) as info:
-        queue.push("c", HIGH)
+        queue.push("c", NORMAL)  # nothing lower than NORMAL waits
     assert "queue is full (2 waiting)" in str(info.value)
     assert str(info.value).startswith("Queue full:")
     assert info.value.retryable and info.value.status == 429
-    assert list(queue) == ["b", "a"]
+    with pytest.raises(errors.QueueFullError):
+        queue.push("c", LOW)
+    assert list(queue) == ["a", "b"]
     queue.pop()
-    queue.push("c", LOW)
-    assert list(queue) == ["a", "c"]
+    assert queue.push("c", LOW) is None
+    assert list(queue) == ["b", "c"]
+
+
+def test_a_higher_push_at_the_bound_evicts_the_newest_lower_entry() -> None:
+    queue: PriorityQueue[str] = PriorityQueue(maxsize=4)
+    for item, priority in [("l1", LOW), ("n1", NORMAL), ("l2", LOW), ("l3", LOW)]:
+        assert queue.push(item, priority) is None
+    assert queue.push("h1", HIGH) == "l3"  # the LOW that waited least
+    assert queue.push("n2", NORMAL) == "l2"
+    assert queue.push("h2", HIGH) == "l1"
+    assert queue.push("h3", HIGH) == "n2"  # no LOW left: the newest NORMAL goes
+    assert list(queue) == ["h1", "h2", "h3", "n1"]
+    assert queue.bound is not None and queue.bound.used == 4
+    assert queue.push("h4", HIGH) == "n1"
+    with pytest.raises(errors.QueueFullError):
+        queue.push("h5", HIGH)  # only HIGH waits: a peer is never evicted
+    assert list(queue) == ["h1", "h2", "h3", "h4"]
+
+
+def test_eviction_searches_every_queue_on_the_bound_and_spares_retries() -> None:
+    bound = QueueBound(4)
+    first: PriorityQueue[str] = PriorityQueue(bound=bound)
+    second: PriorityQueue[str] = PriorityQueue(bound=bound)
+    first.push("first-low-old", LOW)
+    second.push_front("second-low-retry", LOW)
+    second.push("second-low-new", LOW)
+    first.push("first-normal", NORMAL)
+    assert first.push("h1", HIGH) == "second-low-new"  # newest LOW across both queues
+    assert first.push("h2", HIGH) == "first-low-old"  # fresh entries before a retry
+    assert first.push("h3", HIGH) == "second-low-retry"
+    assert list(second) == [] and bound.used == 4
+    assert list(first) == ["h1", "h2", "h3", "first-normal"]
+
+
+def test_no_eviction_while_over_a_lowered_bound() -> None:
+    bound = QueueBound(3)
+    queue: PriorityQueue[str] = PriorityQueue(bound=bound)
+    for item in ("a", "b", "c"):
+        queue.push(item, LOW)
+    bound.maxsize = 2
+    with pytest.raises(errors.QueueFullError):
+        queue.push("h", HIGH)  # evicting one would still leave the queue over its bound
+    assert list(queue) == ["a", "b", "c"] and bound.used == 3
+    queue.pop()
+    assert queue.push("h", HIGH) == "c"
+    assert list(queue) == ["h", "b"]
 
 
 def test_one_bound_shared_by_several_queues() -> None:
@@ -308,23 +355,42 @@ class SharedBoundMachine(RuleBasedStateMachine):
         self.models: list[list[tuple[int, int, Ticket]]] = [[], []]
         self.back, self.front = 0, 0
         self.everything: list[Ticket] = []
+        #: id(ticket) -> admission order across both queues
+        self.stamps: dict[int, int] = {}
 
     def _new_ticket(self) -> Ticket:
         ticket = Ticket(str(len(self.everything)))
         self.everything.append(ticket)
+        self.stamps[id(ticket)] = len(self.everything)
         return ticket
 
     def _waiting(self) -> int:
         return sum(len(model) for model in self.models)
 
+    def _victim(self, priority: Priority) -> tuple[int, int] | None:
+        """(queue, position) of the entry a ``priority`` push evicts: lowest level below
+        it, fresh (order > 0) before retries, newest first."""
+        candidates = [(entry[0], entry[1] > 0, self.stamps[id(entry[2])], owner, position)
+                      for owner, model in enumerate(self.models)
+                      for position, entry in enumerate(model) if entry[0] > priority]
+        if not candidates:
+            return None
+        *_, owner, position = max(candidates)
+        return owner, position
+
     @rule(which=st.integers(0, 1), priority=st.sampled_from(list(Priority)))
     def push(self, which: int, priority: Priority) -> None:
         ticket = self._new_ticket()
+        evicted = None
         if self._waiting() >= self.bound.maxsize:
-            with pytest.raises(errors.QueueFullError):
-                self.queues[which].push(ticket, priority)
-            return
-        self.queues[which].push(ticket, priority)
+            victim = self._victim(priority) if self._waiting() <= self.bound.maxsize else None
+            if victim is None:
+                with pytest.raises(errors.QueueFullError):
+                    self.queues[which].push(ticket, priority)
+                return
+            owner, position = victim
+            evicted = self.models[owner].pop(position)[2]
+        assert self.queues[which].push(ticket, priority) is evicted
         self.back += 1
         self.models[which].append((priority, self.back, ticket))
         self.models[which].sort(key=lambda entry: entry[:2])

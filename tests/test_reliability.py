@@ -304,13 +304,6 @@ def test_backpressure_high_priority_passes_queued_low(make_gateway, fake):
     assert len(overtaken) >= len(accepted_low) - 12, (len(overtaken), len(accepted_low))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/priority.QueueBound is one bound shared by every level and PriorityQueue.push rejects at the "
-    "bound whatever the priority (RouterActor._lease -> queue.push -> QueueFullError): a LOW producer "
-    "that keeps the queue full makes HIGH requests fail with QueueFullError too, so interactive "
-    "traffic cannot get past a bulk flood. Fix: priority-aware admission in the queue (a HIGH/NORMAL "
-    "push at the bound evicts the newest waiting LOW entry, whose lease fails with QueueFullError, or "
-    "LOW may only use a share of the bound, e.g. 80%)"))
 def test_backpressure_high_priority_is_admitted_during_a_low_flood(make_gateway, fake):
     gw = _backpressure_gateway(make_gateway, fake)
     flood_done = threading.Event()
@@ -330,9 +323,19 @@ def test_backpressure_high_priority_is_admitted_during_a_low_flood(make_gateway,
         time.sleep(0.1)
     thread.join()
     high_ok, high_full, high_other = _outcomes(high)
-    _outcomes(low)
-    assert not high_other
+    low_ok, low_full, low_other = _outcomes(low)
+    assert not high_other and not low_other, (high_other + low_other)[:3]
     assert not high_full, f"{len(high_full)} of {len(high)} HIGH requests were refused by a queue full of LOW ones"
+    assert len(high_ok) == len(high) >= 3
+    # room was made by displacing waiting LOW requests, each told so with a retryable 429, none lost
+    displaced = [e for e in low_full if (e.details or {}).get("displaced_by") == "HIGH"]
+    assert displaced and all(e.retryable and e.status == 429 and e.request_id for e in displaced)
+    assert len(low_ok) + len(low_full) == len(low)
+    counters = gw.stats()["router"]
+    assert counters["evicted"] == len(displaced)
+    wait_until(lambda: settled(gw), "the accepted requests drain")
+    counters = gw.stats()["router"]
+    assert counters["submitted"] == counters["succeeded"] + counters["failed"]
 
 
 def test_backpressure_over_http_is_429_with_retry_after(ray_session, fake):

@@ -172,7 +172,7 @@ class RouterActor:
         self._metrics = metrics.RouterMetrics(self.name) if enable_metrics else None
         self._last_depth_report = 0.0
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "retries": 0, "failovers": 0,
-                         "rejected_queue_full": 0, "streams": 0}
+                         "rejected_queue_full": 0, "evicted": 0, "streams": 0}
         self._ready: asyncio.Task | None = None
         self._startups: set[asyncio.Task] = set()
         self._batcher: Any = None
@@ -787,14 +787,20 @@ class RouterActor:
             queue.push_front(job, job.priority)
         else:
             try:
-                queue.push(job, job.priority)
+                evicted = queue.push(job, job.priority)
             except errors.QueueFullError as exc:
                 self.counters["rejected_queue_full"] += 1
+                self._lease_failed(exc)
                 exc.with_context(request_id=job.request_id)
                 raise
+            if evicted is not None:
+                self._fail_evicted(evicted, job.priority)
         self._pump()
         try:
             return await job.lease
+        except errors.GatewayError as exc:  # deadline, no endpoint left, displaced by a higher priority
+            self._lease_failed(exc)
+            raise
         except asyncio.CancelledError:
             if job.lease.done() and not job.lease.cancelled() and job.lease.exception() is None:
                 self._release(job.lease.result(), job, None)  # leased just as the caller left
@@ -803,6 +809,22 @@ class RouterActor:
                 if q is not None:
                     q.remove(job)
             raise
+
+    def _lease_failed(self, exc: errors.GatewayError) -> None:
+        self.counters["failed"] += 1
+        self._finished(type(exc).__name__)
+
+    def _fail_evicted(self, victim: _Job, by: Priority) -> None:
+        """A waiting lower-priority job made room for a ``by`` one: it fails as if it
+        had met a full queue, and its caller may retry later."""
+        self.counters["rejected_queue_full"] += 1
+        self.counters["evicted"] += 1
+        if victim.lease is not None and not victim.lease.done():
+            victim.lease.set_exception(errors.QueueFullError(
+                f"request queue is full; this {victim.priority.name} request was displaced by a "
+                f"{by.name} one, retry later or raise the queue bound", retryable=True,
+                request_id=victim.request_id,
+                details={"maxsize": self.bound.maxsize, "displaced_by": by.name}))
 
     def _release(self, slot: _Slot, job: _Job, outcome: Outcome | None) -> None:
         """End one attempt: free the slot, settle the shadow reservation with the

@@ -9,6 +9,14 @@ HIGH is always dispatched before NORMAL before LOW, FIFO within a level.
 Strict priority can starve LOW under sustained HIGH load; that is the intent
 (LOW is for bulk jobs that have all night).
 
+Admission is priority-aware too: when the bound is reached, a push makes room
+by evicting the newest waiting entry of a strictly lower level (LOW first,
+then NORMAL), from any queue sharing the bound, and hands it back to the
+caller to fail.  Otherwise a LOW bulk flood that fills the queue would turn
+every interactive HIGH request into a QueueFullError, which is the opposite
+of what priorities promise.  The newest entry goes because it has waited
+least, so FIFO order among the survivors is kept.
+
 Removal of a waiting entry (a caller that gave up) is lazy: the entry is
 marked dead and skipped when it reaches the head, and the deques are compacted
 once dead entries outnumber live ones, so every operation is O(1) amortized.
@@ -16,6 +24,7 @@ Single-threaded by design: the router's event loop serialises every call.
 """
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from enum import IntEnum
 from itertools import chain
@@ -78,6 +87,9 @@ class QueueBound:
     def __init__(self, maxsize: int) -> None:
         self._maxsize = _check_maxsize(maxsize)
         self._used = 0
+        self._stamps = 0
+        #: the queues sharing this bound, searched for an entry to evict
+        self._queues: weakref.WeakSet[PriorityQueue[Any]] = weakref.WeakSet()
 
     @property
     def maxsize(self) -> int:
@@ -95,13 +107,37 @@ class QueueBound:
     def free(self) -> int:
         return max(0, self._maxsize - self._used)
 
+    def _stamp(self) -> int:
+        """Admission order across every queue sharing the bound (newest = largest)."""
+        self._stamps += 1
+        return self._stamps
+
+    def _full_error(self) -> QueueFullError:
+        return QueueFullError(
+            f"request queue is full ({self._used} waiting); the limit is {self._maxsize}, "
+            "retry later or raise the queue bound", retryable=True,
+            details={"waiting": self._used, "maxsize": self._maxsize})
+
     def _acquire(self, force: bool = False) -> None:
         if not force and self._used >= self._maxsize:
-            raise QueueFullError(
-                f"request queue is full ({self._used} waiting); the limit is {self._maxsize}, "
-                "retry later or raise the queue bound", retryable=True,
-                details={"waiting": self._used, "maxsize": self._maxsize})
+            raise self._full_error()
         self._used += 1
+
+    def _evict_below(self, level: Priority) -> Any:
+        """Make room for a ``level`` entry by evicting the newest entry of the lowest
+        level below it; returns the evicted item, or raises QueueFullError."""
+        if self._used <= self._maxsize:  # not over a lowered bound: one eviction makes room
+            for victim_level in sorted((p for p in Priority if p > level), reverse=True):
+                newest: tuple[tuple[bool, int], PriorityQueue[Any], _Entry[Any]] | None = None
+                for queue in self._queues:
+                    entry = queue._newest(victim_level)
+                    if entry is not None and (newest is None or _eviction_rank(entry) > newest[0]):
+                        newest = (_eviction_rank(entry), queue, entry)
+                if newest is not None:
+                    _, queue, entry = newest
+                    queue._evict(entry)  # releases one unit of the bound
+                    return entry.item
+        raise self._full_error()
 
     def _release(self, count: int = 1) -> None:
         self._used = max(0, self._used - count)
@@ -110,13 +146,19 @@ class QueueBound:
         return f"QueueBound(used={self._used}, maxsize={self._maxsize})"
 
 
+def _eviction_rank(entry: "_Entry[Any]") -> tuple[bool, int]:
+    """Fresh entries before retries (a retry was admitted and has already waited), newest first."""
+    return (entry.seq >= 0, entry.stamp)
+
+
 class _Entry(Generic[T]):
     """One waiting item; ``seq`` orders it within its level (push_front goes negative)."""
 
-    __slots__ = ("item", "priority", "seq", "alive")
+    __slots__ = ("item", "priority", "seq", "alive", "stamp")
 
-    def __init__(self, item: T, priority: Priority, seq: int) -> None:
+    def __init__(self, item: T, priority: Priority, seq: int, stamp: int = 0) -> None:
         self.item, self.priority, self.seq, self.alive = item, priority, seq, True
+        self.stamp = stamp
 
 
 class PriorityQueue(Generic[T]):
@@ -133,6 +175,8 @@ class PriorityQueue(Generic[T]):
             raise ConfigError("pass either maxsize or a shared bound, not both")
         self._bound = bound if bound is not None else (
             QueueBound(maxsize) if maxsize is not None else None)
+        if self._bound is not None:
+            self._bound._queues.add(self)
         self._levels: tuple[deque[_Entry[T]], ...] = tuple(deque() for _ in Priority)
         self._live = [0] * len(Priority)
         self._dead = 0
@@ -146,14 +190,26 @@ class PriorityQueue(Generic[T]):
         return self._bound
 
     # -- adding -------------------------------------------------------------
-    def push(self, item: T, priority: Any = Priority.NORMAL) -> None:
-        """Queue ``item`` at the back of its level; QueueFullError if the bound is reached."""
+    def push(self, item: T, priority: Any = Priority.NORMAL) -> T | None:
+        """Queue ``item`` at the back of its level.
+
+        At the bound, the newest waiting entry of a lower level (from any
+        queue sharing the bound) is evicted to make room and returned: the
+        caller owns telling its owner.  With nothing lower waiting, the push
+        fails with QueueFullError and nothing changes.
+        """
         level = parse_priority(priority)
+        evicted: T | None = None
+        stamp = 0
         if self._bound is not None:
-            self._bound._acquire()
-        entry = _Entry(item, level, self._next_back)
+            if self._bound._used >= self._bound._maxsize:
+                evicted = self._bound._evict_below(level)
+            self._bound._acquire(force=True)
+            stamp = self._bound._stamp()
+        entry = _Entry(item, level, self._next_back, stamp)
         self._next_back += 1
         self._add(entry, front=False)
+        return evicted
 
     def push_front(self, item: T, priority: Any = Priority.NORMAL) -> None:
         """Put ``item`` back at the head of its level, even past the bound.
@@ -166,7 +222,7 @@ class PriorityQueue(Generic[T]):
         level = parse_priority(priority)
         if self._bound is not None:
             self._bound._acquire(force=True)
-        entry = _Entry(item, level, self._next_front)
+        entry = _Entry(item, level, self._next_front, self._bound._stamp() if self._bound else 0)
         self._next_front -= 1
         self._add(entry, front=True)
 
@@ -208,6 +264,25 @@ class PriorityQueue(Generic[T]):
         self._dead += 1
         self._compact_if_sparse()
         return True
+
+    def _newest(self, level: Priority) -> _Entry[T] | None:
+        """The entry of ``level`` to evict first: the newest fresh one, else the newest retry."""
+        if not self._live[level]:
+            return None
+        newest: _Entry[T] | None = None
+        for entry in reversed(self._levels[level]):
+            if not entry.alive:
+                continue
+            if entry.seq >= 0:
+                return entry  # back-pushed entries sit in admission order: the last live one wins
+            if newest is None or entry.stamp > newest.stamp:
+                newest = entry  # only retries (pushed to the front) wait in this level
+        return newest
+
+    def _evict(self, entry: _Entry[T]) -> None:
+        self._retire(entry)
+        self._dead += 1
+        self._compact_if_sparse()
 
     def clear(self) -> list[T]:
         """Remove everything; returns the items in dispatch order."""
