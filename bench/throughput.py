@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from _harness import emit, gateway, init_ray, keys, start_fake, time
+from _harness import CpuBreakdown, emit, gateway, init_ray, keys, start_fake, time
 
 MSG = [{"role": "user", "content": "ping"}]
 
@@ -42,15 +42,24 @@ def main() -> None:
     try:
         with gateway(fake, api_keys, max_concurrent_requests=args.concurrency) as gw:
             asyncio.run(drive(gw, 300, 50))  # warm-up
+            cpu = CpuBreakdown({fake.process.pid} if fake.process else set()).start()
             started = time.perf_counter()
             ok, failed = asyncio.run(drive(gw, args.requests, args.concurrency))
             elapsed = time.perf_counter() - started
+            cpu_s = cpu.stop()
+            router = gw.stats()["router"]
     finally:
         fake.stop()
     rps = ok / elapsed
+    per_call = router.get("attempts", 0) / max(1, router.get("endpoint_calls", 0))
+    print(f"{router.get('attempts')} upstream attempts in {router.get('endpoint_calls')} endpoint actor calls "
+          f"({per_call:.1f} per call)")
     print(f"{ok} ok, {failed} failed in {elapsed:.2f}s: {rps:.0f} requests/s")
+    print("CPU ms per request by process: " + ", ".join(
+        f"{role} {1000 * seconds / max(ok, 1):.2f}" for role, seconds in cpu_s.items()))
     emit({"bench": "throughput", "requests": args.requests, "concurrency": args.concurrency,
-          "succeeded": ok, "failed": failed, "elapsed_s": round(elapsed, 3), "requests_per_s": round(rps, 1),
+          "succeeded": ok, "failed": failed, "elapsed_s": round(elapsed, 3), "requests_per_s": round(rps, 1), "attempts_per_endpoint_call": round(per_call, 2),
+          "cpu_ms_per_request": {role: round(1000 * sec / max(ok, 1), 3) for role, sec in cpu_s.items()},
           "pass": failed == 0 and rps >= 550})
 
 

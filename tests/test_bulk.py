@@ -364,11 +364,9 @@ def _fast_retry() -> dict:
 
 
 @pytest.fixture
-def fake():
-    from ipfs_accelerate_py.testing.fakes.runner import start_fake
-    handle = start_fake("openai")
-    yield handle
-    handle.stop()
+def fake(fake_openai):
+    """The session's fake OpenAI server, reset (no faults, no latency, fresh stats) for this test."""
+    return fake_openai
 
 
 def _fake_429s(fake, keys) -> int:

@@ -5,16 +5,14 @@ import uuid
 
 import pytest
 
-from ipfs_accelerate_py.testing.fakes.runner import start_fake
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
-def fake():
-    handle = start_fake("openai")
-    yield handle
-    handle.stop()
+def fake(fake_openai):
+    """The session's fake OpenAI server, reset (no faults, no latency, fresh stats) for this test."""
+    return fake_openai
 
 
 def config(fake, **cache) -> dict:

@@ -1,7 +1,8 @@
 """The actor runtime end to end: Gateway -> RouterActor -> EndpointActor -> HTTP -> fake OpenAI.
 
-Each test starts its own fake server process (so latency and fault settings
-never leak between tests) and its own gateway namespace on the shared Ray.
+Each test gets the session's fake server reset to its start-up state (so
+latency and fault settings never leak between tests) and its own gateway
+namespace on the shared Ray.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import pytest
 import ray
 
 import ipfs_accelerate_py as ia
-from ipfs_accelerate_py.testing.fakes.runner import start_fake
 
 pytestmark = pytest.mark.ray
 
@@ -25,10 +25,9 @@ MSG = [{"role": "user", "content": "hello there"}]
 
 
 @pytest.fixture
-def fake():
-    handle = start_fake("openai")
-    yield handle
-    handle.stop()
+def fake(fake_openai):
+    """The session's fake OpenAI server, reset (no faults, no latency, fresh stats) for this test."""
+    return fake_openai
 
 
 def key(tag: str = "") -> str:

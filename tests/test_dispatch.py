@@ -1,0 +1,183 @@
+"""Coalesced dispatch: attempts leased to one key in one event-loop pass leave as one actor call.
+
+The router and endpoint classes are plain Python, so these tests drive them
+in-process with recording stand-ins for the actor handles: which calls were
+made is then exact, not a matter of how Ray happened to schedule them.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from ray.exceptions import RayActorError
+
+from ipfs_accelerate_py import errors
+from ipfs_accelerate_py.actors import router as router_module
+from ipfs_accelerate_py.actors.endpoint import EndpointActor, Outcome
+from ipfs_accelerate_py.config import endpoint_from_dict, load_config
+from ipfs_accelerate_py.types import ChatResponse, Usage, build_chat_request
+
+MSG = [{"role": "user", "content": "hi"}]
+STATE = {"circuit": "CLOSED", "retry_in": 0.0, "cooldown_s": 0.0, "max_concurrent": 100}
+
+
+def answer(request_id: str, endpoint_id: str) -> Outcome:
+    return Outcome(value=ChatResponse(text=f"answer to {request_id}", usage=Usage(3, 2, 5),
+                                      request_id=request_id, endpoint_id=endpoint_id), state=dict(STATE))
+
+
+class Ref:
+    """Awaitable like an ObjectRef."""
+
+    def __init__(self, value: object = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class RecordingHandle:
+    """An endpoint actor handle that records every call and answers them.
+
+    ``die_after`` makes an ``execute_many`` stream break (as when the actor is
+    killed) after that many answers have been delivered.
+    """
+
+    def __init__(self, endpoint_id: str, die_after: int | None = None) -> None:
+        self.id = endpoint_id
+        self.single: list[str] = []
+        self.batches: list[list[str]] = []
+        self.die_after = die_after
+        handle = self
+
+        class Execute:
+            def remote(self, op, request, request_id, est_tokens):
+                handle.single.append(request_id)
+                return Ref(answer(request_id, handle.id))
+
+        class ExecuteMany:
+            def remote(self, calls):
+                handle.batches.append([call[2] for call in calls])
+
+                async def stream():
+                    for index, call in enumerate(calls):
+                        if handle.die_after is not None and index >= handle.die_after:
+                            handle.die_after = None  # the restarted actor behaves
+                            raise RayActorError()
+                        await asyncio.sleep(0)
+                        yield Ref([(index, answer(call[2], handle.id))])
+                return stream()
+
+        self.execute, self.execute_many = Execute(), ExecuteMany()
+
+
+def make_router(*handles: RecordingHandle) -> router_module.RouterActor:
+    config = load_config({"namespace": "dispatch-test", "batching": {"enabled": False},
+                          "retry": {"max_retries": 2, "initial_retry_delay": 0.0}, "endpoints": []})
+    router = router_module.RouterActor(config, enable_metrics=False)
+    for handle in handles:
+        slot = router_module._Slot({"id": handle.id, "provider": "openai", "models": ["gpt-4o-mini"],
+                                    "max_concurrent_requests": 100}, handle)
+        slot.up = True
+        router._slots[handle.id] = slot
+    return router
+
+
+def run(coro):
+    async def with_discovery_done():
+        router_future = asyncio.get_running_loop().create_future()
+        router_future.set_result(None)
+        return await coro(router_future)
+    return asyncio.run(with_discovery_done())
+
+
+def test_attempts_leased_together_leave_as_one_call_and_each_caller_gets_its_own_answer():
+    key = RecordingHandle("k")
+    router = make_router(key)
+
+    async def scenario(ready):
+        router._ready = ready
+        first = await router.chat("gpt-4o-mini", MSG, request_id="solo")
+        many = await asyncio.gather(*(router.chat("gpt-4o-mini", MSG, request_id=f"r{i}") for i in range(10)))
+        return first, many
+
+    first, many = run(scenario)
+    assert first.request_id == "solo" and key.single == ["solo"]  # alone: the plain call, no batch
+    assert key.batches == [[f"r{i}" for i in range(10)]]
+    assert [r.request_id for r in many] == [f"r{i}" for i in range(10)]
+    assert all(r.text == f"answer to {r.request_id}" for r in many)
+    assert router.counters["attempts"] == 11 and router.counters["endpoint_calls"] == 2
+    assert router.counters["succeeded"] == 11 and all(s.in_flight == 0 for s in router._slots.values())
+
+
+def test_a_batch_broken_by_a_dying_actor_re_dispatches_only_the_unanswered():
+    dying, healthy = RecordingHandle("a", die_after=3), RecordingHandle("b")
+    router = make_router(dying, healthy)
+    router.strategy = router_module.make_strategy("round-robin")
+
+    async def scenario(ready):
+        router._ready = ready
+        return await asyncio.gather(*(router.chat("gpt-4o-mini", MSG, request_id=f"r{i}") for i in range(8)))
+
+    results = run(scenario)
+    assert sorted(r.request_id for r in results) == sorted(f"r{i}" for i in range(8))
+    sent_to_a = dying.batches[0]
+    answered_by_a = {r.request_id for r in results if r.endpoint_id == "a"}
+    assert answered_by_a == set(sent_to_a[:3])  # delivered before the break: kept, never re-run
+    redone = set(sent_to_a[3:])
+    assert redone and all(
+        rid in healthy.single or any(rid in b for b in healthy.batches[1:] + dying.batches[1:])
+        or rid in dying.single for rid in redone)
+    assert router.counters["succeeded"] == 8 and router.counters["failed"] == 0
+
+
+def test_a_caller_that_leaves_before_the_flush_is_not_sent():
+    key = RecordingHandle("k")
+    router = make_router(key)
+
+    async def scenario(ready):
+        router._ready = ready
+        leaving = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="gone"))
+        staying = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="stays"))
+        await asyncio.sleep(0)  # both leased and waiting in the outbox
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        return await staying
+
+    assert run(scenario).request_id == "stays"
+    assert key.single == ["stays"] and key.batches == []
+
+
+# ---------------------------------------------------------------------------
+# EndpointActor.execute_many
+# ---------------------------------------------------------------------------
+
+def test_execute_many_answers_each_call_once_with_its_own_outcome(fake_openai):
+    fake_openai.set_controls({"faults": [{"kind": "status", "status": 500, "count": 1}]})
+    actor = EndpointActor(endpoint_from_dict({"id": "k", "provider": "openai", "base_url": fake_openai.base_url,
+                                              "api_key": "sk-dispatch-" + "x" * 24, "models": ["gpt-4o-mini"]}),
+                          enable_metrics=False)
+
+    async def scenario():
+        calls = [("chat", build_chat_request("gpt-4o-mini", [{"role": "user", "content": f"q{i}"}], {}),
+                  f"r{i}", 0) for i in range(6)]
+        calls.append(("chat", "not a request", "broken", 0))  # a bug-shaped input fails alone
+        seen: dict[int, Outcome] = {}
+        async for group in actor.execute_many(calls):
+            for index, outcome in group:
+                assert index not in seen
+                seen[index] = outcome
+        await actor.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert sorted(seen) == list(range(7))
+    failed = [i for i, o in seen.items() if o.error is not None]
+    assert isinstance(seen[6].error, errors.GatewayError) and seen[6].state["circuit"] == "CLOSED"
+    assert len(failed) == 2  # the injected 500 and the broken call; the rest answered
+    ok = [o.value for i, o in seen.items() if o.error is None]
+    assert all(f"q" in r.text for r in ok) and {r.request_id for r in ok} <= {f"r{i}" for i in range(6)}
