@@ -17,8 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ipfs_accelerate_py.cli demo
 
+# two workers on one shared Ray (tests/ray_fixtures.py), then the tests that need the
+# cluster to themselves (Ray Serve is one per cluster); plain `pytest` runs everything serially
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

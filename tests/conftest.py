@@ -70,4 +70,15 @@ def fake_api_key() -> str:
 
 
 # --- ray fixtures ---
-from ray_fixtures import make_gateway, ray_session  # noqa: E402,F401
+from ray_fixtures import make_gateway, ray_session, start_shared_cluster, stop_shared_cluster  # noqa: E402,F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, the controller starts the one Ray cluster every worker attaches to."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        start_shared_cluster()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        stop_shared_cluster()

@@ -2,13 +2,64 @@
 
 Ray 2.60's pytest fixtures are not in the wheel, so we keep our own.  Each
 test gets its own namespace, so tests never see each other's actors.
+
+With pytest-xdist (``make test`` runs ``-n 2``) the session is still one Ray
+instance: the controller process starts a head node before the workers
+start (``start_shared_cluster``) and every worker attaches to it through
+RAY_ADDRESS.  Most of a Ray test's time is spent waiting (actor processes
+booting, fake latency, backoff), so two workers overlap those waits on the
+same two cores.  Tests that use Ray Serve, a per-cluster singleton, are
+marked ``serial``; ``make test`` runs them in a second, plain pytest run.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 import uuid
 
 import pytest
+
+_SHARED_ENV = "IPFS_ACCELERATE_TEST_RAY_ADDRESS"
+
+
+def _ray_cli() -> list[str]:
+    exe = shutil.which("ray", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+def start_shared_cluster() -> str:
+    """Start the session's head node (2 CPUs, no dashboard) and return its address."""
+    temp_dir = tempfile.mkdtemp(prefix="ia-test-ray-")
+    # a private, short-lived cluster on localhost: no token (ray start would put one where
+    # the workers' ray.init(address=...) does not look)
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_AUTH_MODE": "disabled",
+           # two workers start gateways at once: boot 4 actor processes at a time, not 2
+           "RAY_worker_maximum_startup_concurrency": "4"}
+    env.pop("RAY_ADDRESS", None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run(
+        [*_ray_cli(), "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}", f"--port={port}"],
+        capture_output=True, text=True, env=env, timeout=180)
+    found = re.search(r"--address='([^']+)'", proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"could not start the test Ray cluster:\n{proc.stdout}\n{proc.stderr}")
+    address = found.group(1)
+    os.environ[_SHARED_ENV] = address
+    os.environ["IPFS_ACCELERATE_TEST_RAY_TEMP"] = temp_dir
+    return address
+
+
+def stop_shared_cluster() -> None:
+    if os.environ.pop(_SHARED_ENV, None):
+        subprocess.run([*_ray_cli(), "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -16,8 +67,12 @@ def ray_session():
     import ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING")
+        shared = os.environ.get(_SHARED_ENV)
+        if shared:
+            ray.init(address=shared, log_to_driver=False, logging_level="WARNING")
+        else:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -106,6 +106,7 @@ def _raises(call) -> BaseException:
     raise AssertionError("expected an error")
 
 
+@pytest.mark.serial  # Ray Serve is one per cluster: make test runs this alone
 def test_no_key_appears_anywhere(make_gateway, tmp_path, capfd):
     from ray import serve
 
