@@ -71,6 +71,7 @@ second through a single fake process.
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import copy
@@ -662,7 +663,7 @@ class FakeStats:
 # --------------------------------------------------------------------------- protocol hooks
 
 
-class FakeProtocol:
+class FakeProtocol(abc.ABC):
     """What a protocol module declares; the framework does the rest.
 
     Subclasses set ``name``, ``base_path`` and ``sdk_base_path`` and implement
@@ -708,13 +709,13 @@ class FakeProtocol:
         return True
 
     # -- errors -------------------------------------------------------------
+    @abc.abstractmethod
     def error_defaults(self, status: int) -> tuple[str, str | None, str]:
         """``(type, code, message)`` of the provider's stock error for ``status``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def error_payload(self, err: FakeError, ctx: RequestContext) -> Any:
         """The JSON body of an error response, from a fully-defaulted ``err``."""
-        raise NotImplementedError
 
     def auth_error(self, key: str | None) -> FakeError:
         """The 401 for a missing (``key is None``) or unknown key; never echo the raw key."""
@@ -752,8 +753,9 @@ class FakeProtocol:
         return {"retry-after": _fmt_seconds(retry_after)}
 
     # -- routes -------------------------------------------------------------
+    @abc.abstractmethod
     def add_routes(self, app: web.Application, server: FakeServer) -> None:
-        raise NotImplementedError
+        """Register the protocol's HTTP routes on ``app``."""
 
     def on_startup(self, server: FakeServer) -> None:
         """Warm caches before the fake reports it is listening (default: the tokenizer)."""
