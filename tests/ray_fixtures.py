@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 
 import pytest
@@ -44,22 +46,41 @@ def start_shared_cluster() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.run(
-        [*_ray_cli(), "start", "--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", f"--port={port}"],
-        capture_output=True, text=True, env=env, timeout=180)
-    found = re.search(r"--address='([^']+)'", proc.stdout)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"could not start the test Ray cluster:\n{proc.stdout}\n{proc.stderr}")
-    address = found.group(1)
+    # --block keeps `ray start` in the foreground: stopping it stops exactly this cluster,
+    # never another Ray the developer runs on the same machine (which `ray stop` would)
+    proc = subprocess.Popen(
+        [*_ray_cli(), "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--port={port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen: list[str] = []
+    address = None
+    for line in proc.stdout:  # the address is printed before it starts blocking
+        seen.append(line)
+        found = re.search(r"--address='([^']+)'", line)
+        if found:
+            address = found.group(1)
+            break
+    if address is None:
+        proc.kill()
+        raise RuntimeError("could not start the test Ray cluster:\n" + "".join(seen[-50:]))
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+    _HEAD.append(proc)
     os.environ[_SHARED_ENV] = address
-    os.environ["IPFS_ACCELERATE_TEST_RAY_TEMP"] = temp_dir
     return address
 
 
+_HEAD: list[subprocess.Popen] = []
+
+
 def stop_shared_cluster() -> None:
-    if os.environ.pop(_SHARED_ENV, None):
-        subprocess.run([*_ray_cli(), "stop", "--force"], capture_output=True, timeout=120)
+    os.environ.pop(_SHARED_ENV, None)
+    while _HEAD:
+        proc = _HEAD.pop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")
