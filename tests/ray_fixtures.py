@@ -64,23 +64,25 @@ def start_shared_cluster() -> str:
         proc.kill()
         raise RuntimeError("could not start the test Ray cluster:\n" + "".join(seen[-50:]))
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
-    _HEAD.append(proc)
+    _HEAD.append((proc, temp_dir))
     os.environ[_SHARED_ENV] = address
     return address
 
 
-_HEAD: list[subprocess.Popen] = []
+#: the running head: its foreground `ray start` process and its temp dir
+_HEAD: list[tuple[subprocess.Popen, str]] = []
 
 
 def stop_shared_cluster() -> None:
     os.environ.pop(_SHARED_ENV, None)
     while _HEAD:
-        proc = _HEAD.pop()
+        proc, temp_dir = _HEAD.pop()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # session logs: gigabytes over many runs
 
 
 @pytest.fixture(scope="session")
