@@ -70,13 +70,22 @@ def fake_api_key() -> str:
 
 
 # --- ray fixtures ---
-from ray_fixtures import make_gateway, ray_session, start_shared_cluster, stop_shared_cluster  # noqa: E402,F401
+from ray_fixtures import (make_gateway, ray_session, serve_apps, start_shared_cluster,  # noqa: E402,F401
+                          stop_shared_cluster)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under xdist, the controller starts the one Ray cluster every worker attaches to."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         start_shared_cluster()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``serial`` tests share a cluster-wide singleton (Ray Serve): under ``--dist loadgroup``
+    they all run on one worker, one after another, while the other worker runs the rest."""
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

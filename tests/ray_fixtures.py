@@ -9,7 +9,8 @@ start (``start_shared_cluster``) and every worker attaches to it through
 RAY_ADDRESS.  Most of a Ray test's time is spent waiting (actor processes
 booting, fake latency, backoff), so two workers overlap those waits on the
 same two cores.  Tests that use Ray Serve, a per-cluster singleton, are
-marked ``serial``; ``make test`` runs them in a second, plain pytest run.
+marked ``serial``; ``make test`` (``--dist loadgroup``) keeps them all on one
+worker, so two of them never run at once (conftest.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -43,9 +50,7 @@ def start_shared_cluster() -> str:
            # two workers start gateways at once: boot 4 actor processes at a time, not 2
            "RAY_worker_maximum_startup_concurrency": "4"}
     env.pop("RAY_ADDRESS", None)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # --block keeps `ray start` in the foreground: stopping it stops exactly this cluster,
     # never another Ray the developer runs on the same machine (which `ray stop` would)
     proc = subprocess.Popen(
@@ -115,3 +120,61 @@ def make_gateway(ray_session):
     yield start
     for gw in started:
         gw.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServedApps:
+    """The session's one Ray Serve instance (HTTP on a free local port).
+
+    Serve is a per-cluster singleton: stopping it and starting it again on a
+    busy shared cluster can leave the old controller, and its old port, in
+    place.  So it starts once, and each test deploys its app at ``/`` and
+    deletes it afterwards (``serial`` tests run one at a time).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+
+    @contextmanager
+    def run(self, app: Any, name: str) -> Iterator[str]:
+        """Deploy ``app`` at ``/`` until the block ends; yields the base URL."""
+        from ray import serve
+        serve.run(app, name=name, route_prefix="/")
+        try:
+            self._wait_for_route()
+            yield self.base
+        finally:
+            serve.delete(name)
+
+    def _wait_for_route(self, timeout_s: float = 60.0) -> None:
+        """The proxy learns routes asynchronously: wait until ``/`` is not a 404."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.base}/health", timeout=10):
+                    return
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    return  # our app answered (e.g. 401 without a gateway key)
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Serve never routed {self.base}/ to the new app")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def serve_apps(ray_session) -> Iterator[ServedApps]:
+    from ray import serve
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield ServedApps(port)
+    finally:
+        serve.shutdown()

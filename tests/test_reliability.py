@@ -338,59 +338,49 @@ def test_backpressure_high_priority_is_admitted_during_a_low_flood(make_gateway,
     assert counters["submitted"] == counters["succeeded"] + counters["failed"]
 
 
-@pytest.mark.serial  # Ray Serve is one per cluster: make test runs this alone
-def test_backpressure_over_http_is_429_with_retry_after(ray_session, fake):
+@pytest.mark.serial  # Ray Serve is one per cluster: make test keeps these on one worker
+def test_backpressure_over_http_is_429_with_retry_after(serve_apps, fake):
     """The same flood through the Serve app: 429 + Retry-After + OpenAI error JSON, never a 5xx."""
-    import socket
-
     import httpx
-    from ray import serve
 
     from ipfs_accelerate_py import serve_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cfg = {"namespace": f"test-bp-http-{uuid.uuid4().hex[:8]}", "queue_size": 20,
            "retry": {"max_retries": 2, "initial_retry_delay": 0.01},
            "endpoints": [endpoint(fake, f"k{i}", key(str(i)), rpm=600, burst_s=0.2, max_concurrent_requests=4)
                          for i in range(2)]}
     gw = ia.Gateway.start(cfg, enable_metrics=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(serve_app.build_app(cfg), name="ia_backpressure_test", route_prefix="/")
-        body = {"model": MODEL, "messages": MSG}
+        with serve_apps.run(serve_app.build_app(cfg), "ia_backpressure_test") as base:
+            body = {"model": MODEL, "messages": MSG}
 
-        async def flood() -> list[httpx.Response]:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-                tasks = []
-                for i in range(120):  # 200/s for 0.6 s: 10x the 20/s the two keys allow
-                    tasks.append(asyncio.ensure_future(http.post(
-                        "/v1/chat/completions", json=body, headers={"X-Priority": "low", "X-Request-ID": f"l{i}"})))
-                    await asyncio.sleep(0.005)
-                return await asyncio.gather(*tasks)
+            async def flood() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+                    tasks = []
+                    for i in range(120):  # 200/s for 0.6 s: 10x the 20/s the two keys allow
+                        tasks.append(asyncio.ensure_future(http.post(
+                            "/v1/chat/completions", json=body,
+                            headers={"X-Priority": "low", "X-Request-ID": f"l{i}"})))
+                        await asyncio.sleep(0.005)
+                    return await asyncio.gather(*tasks)
 
-        depth = []
-        stop = threading.Event()
+            depth = []
+            stop = threading.Event()
 
-        def monitor():
-            while not stop.is_set():
-                depth.append(gw.queue_info()["size"])
-                time.sleep(0.02)
+            def monitor():
+                while not stop.is_set():
+                    depth.append(gw.queue_info()["size"])
+                    time.sleep(0.02)
 
-        watcher = threading.Thread(target=monitor, daemon=True)
-        watcher.start()
-        try:
-            responses = asyncio.run(flood())
-        finally:
-            stop.set()
-            watcher.join()
+            watcher = threading.Thread(target=monitor, daemon=True)
+            watcher.start()
+            try:
+                responses = asyncio.run(flood())
+            finally:
+                stop.set()
+                watcher.join()
     finally:
-        try:
-            serve.delete("ia_backpressure_test")
-        finally:
-            serve.shutdown()
-            gw.shutdown()
+        gw.shutdown()
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, sorted(set(codes))
     limited = [r for r in responses if r.status_code == 429]

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import time
 import traceback
 import urllib.request
@@ -53,12 +52,6 @@ class _Capture(logging.Handler):
             self.lines.append(self.format(record))
         except Exception:  # noqa: BLE001
             self.lines.append(repr(record.__dict__))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _session_logs() -> str:
@@ -106,8 +99,8 @@ def _raises(call) -> BaseException:
     raise AssertionError("expected an error")
 
 
-@pytest.mark.serial  # Ray Serve is one per cluster: make test runs this alone
-def test_no_key_appears_anywhere(make_gateway, tmp_path, capfd):
+@pytest.mark.serial  # Ray Serve is one per cluster: make test keeps these on one worker
+def test_no_key_appears_anywhere(make_gateway, serve_apps, tmp_path, capfd):
     from ray import serve
 
     from ipfs_accelerate_py import serve_app
@@ -120,7 +113,6 @@ def test_no_key_appears_anywhere(make_gateway, tmp_path, capfd):
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
     seen: list[str] = []
-    served = False
     try:
         fake.set_controls({"faults": [{"kind": "status", "status": 401, "key": REVOKED}]})
         cfg = {
@@ -177,34 +169,31 @@ def test_no_key_appears_anywhere(make_gateway, tmp_path, capfd):
         assert summary.succeeded == 2 and summary.failed == 2
 
         # -- the HTTP gateway on Ray Serve
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        served = True
-        serve.run(serve_app.build_app(cfg), name="ia_secrets_test", route_prefix="/")
         auth = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-            responses = [
-                http.post("/v1/chat/completions", headers=auth, json={"model": "gpt-4o-mini", "messages": MSG}),
-                http.post("/v1/chat/completions", headers=auth,
-                          json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}),
-                http.post("/v1/chat/completions", headers=auth, json={"model": "gpt-4o", "messages": MSG}),
-                http.post("/v1/chat/completions", headers=auth,
-                          json={"model": "gpt-4o", "messages": MSG, "stream": True}),
-                http.post("/v1/embeddings", headers=auth, json={"model": "text-embedding-3-small", "input": "x"}),
-                http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {GATEWAY_TOKEN}x"},
-                          json={"model": "gpt-4o-mini", "messages": MSG}),
-                http.post("/v1/chat/completions", headers={"x-api-key": GATEWAY_TOKEN[:-1]},
-                          json={"model": "gpt-4o-mini", "messages": MSG}),
-                http.get("/v1/models", headers=auth), http.get("/stats", headers=auth),
-                http.get("/health", headers=auth), http.get("/openapi.json"),
-            ]
-        statuses = [r.status_code for r in responses]
-        assert statuses[0] == 200 and statuses[1] == 200 and statuses[4] == 200, statuses
-        assert statuses[2] >= 400 and statuses[5] == 401 and statuses[6] == 401, statuses
-        for r in responses:
-            seen += [r.text, json.dumps(dict(r.headers))]
-        seen.append(json.dumps(serve.status().to_dict() if hasattr(serve.status(), "to_dict")
-                               else repr(serve.status()), default=repr))
+        with serve_apps.run(serve_app.build_app(cfg), "ia_secrets_test") as base:
+            with httpx.Client(base_url=base, timeout=60) as http:
+                responses = [
+                    http.post("/v1/chat/completions", headers=auth, json={"model": "gpt-4o-mini", "messages": MSG}),
+                    http.post("/v1/chat/completions", headers=auth,
+                              json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}),
+                    http.post("/v1/chat/completions", headers=auth, json={"model": "gpt-4o", "messages": MSG}),
+                    http.post("/v1/chat/completions", headers=auth,
+                              json={"model": "gpt-4o", "messages": MSG, "stream": True}),
+                    http.post("/v1/embeddings", headers=auth, json={"model": "text-embedding-3-small", "input": "x"}),
+                    http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {GATEWAY_TOKEN}x"},
+                              json={"model": "gpt-4o-mini", "messages": MSG}),
+                    http.post("/v1/chat/completions", headers={"x-api-key": GATEWAY_TOKEN[:-1]},
+                              json={"model": "gpt-4o-mini", "messages": MSG}),
+                    http.get("/v1/models", headers=auth), http.get("/stats", headers=auth),
+                    http.get("/health", headers=auth), http.get("/openapi.json"),
+                ]
+            statuses = [r.status_code for r in responses]
+            assert statuses[0] == 200 and statuses[1] == 200 and statuses[4] == 200, statuses
+            assert statuses[2] >= 400 and statuses[5] == 401 and statuses[6] == 401, statuses
+            for r in responses:
+                seen += [r.text, json.dumps(dict(r.headers))]
+            seen.append(json.dumps(serve.status().to_dict() if hasattr(serve.status(), "to_dict")
+                                   else repr(serve.status()), default=repr))
 
         # -- Ray's Prometheus metrics: tags name endpoints, never keys
         metrics = _scrape_metrics(["good", "plain", "revoked"])
@@ -213,12 +202,6 @@ def test_no_key_appears_anywhere(make_gateway, tmp_path, capfd):
         handle = ray.get_actor(f"{gw.name}:endpoint:good", namespace=gw.namespace)
         ray.get(handle.__ray_call__.remote(lambda self: print(f"control {CONTROL}", flush=True)))
     finally:
-        if served:
-            try:
-                serve.delete("ia_secrets_test")
-            except Exception:  # noqa: BLE001
-                pass
-            serve.shutdown()
         root.removeHandler(capture)
         root.setLevel(old_level)
         fake.stop()

@@ -9,7 +9,6 @@ disturb the others).  Every test leaves the fake as it found it.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ import ipfs_accelerate_py as ia
 from ipfs_accelerate_py import serve_app
 from ipfs_accelerate_py.testing.fakes.runner import start_fake
 
-# Ray Serve is one per cluster: make test runs these alone, after the parallel part
+# Ray Serve is one per cluster: make test runs every serial test on one xdist worker
 pytestmark = [pytest.mark.ray, pytest.mark.serial]
 
 openai = pytest.importorskip("openai")
@@ -36,12 +35,6 @@ MAX_BODY = 256 * 1024
 APP_NAME = "ia_serve_test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_until(predicate, what: str, tries: int = 1000) -> None:
     for _ in range(tries):
         if predicate():
@@ -51,9 +44,7 @@ def _wait_until(predicate, what: str, tries: int = 1000) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(ray_session):
-    from ray import serve
-
+def served(serve_apps):
     fake = start_fake("openai")
     cfg = {
         "namespace": f"test-serve-{uuid.uuid4().hex[:8]}",
@@ -69,17 +60,12 @@ def served(ray_session):
     }
     # the driver's own handle on the same router the replica attaches to
     gw = ia.Gateway.start(cfg, enable_metrics=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(serve_app.build_app(cfg, max_body_bytes=MAX_BODY), name=APP_NAME, route_prefix="/")
-        yield SimpleNamespace(base=f"http://127.0.0.1:{port}", fake=fake, gw=gw, config=cfg)
+        with serve_apps.run(serve_app.build_app(cfg, max_body_bytes=MAX_BODY), APP_NAME) as base:
+            yield SimpleNamespace(base=base, fake=fake, gw=gw, config=cfg)
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            gw.shutdown()
-            fake.stop()
+        gw.shutdown()
+        fake.stop()
 
 
 @pytest.fixture
