@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test bench install clean
 
 # uv resolves and downloads in parallel: ~25 s from a cold cache where pip takes ~95 s
-# (measured on a 2-core CI machine); plain pip is the fallback where uv cannot be had
+# (measured on a 2-core CI machine); plain pip is the fallback where uv cannot be had.
+# --compile-bytecode does what pip does: no test process compiles site-packages later
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	( $(PY) -m pip install -q uv && $(PY) -m uv pip install -q --python $(PY) -e ".[test,s3]" ) \
+	( $(PY) -m pip install -q uv && $(PY) -m uv pip install -q --compile-bytecode --python $(PY) -e ".[test,s3]" ) \
 	  || $(PY) -m pip install -q -e ".[test,s3]"
 	touch $(STAMP)
 
@@ -19,10 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ipfs_accelerate_py.cli demo
 
-# two workers on one shared Ray (tests/ray_fixtures.py); the tests marked `serial` (Ray Serve
-# is one per cluster) all go to one worker, in order; plain `pytest` runs everything serially
+# two workers on one shared Ray (tests/ray_fixtures.py), then the tests that need the
+# cluster to themselves (Ray Serve is one per cluster); plain `pytest` runs everything serially
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

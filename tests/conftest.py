@@ -80,14 +80,6 @@ def pytest_configure(config: pytest.Config) -> None:
         start_shared_cluster()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``serial`` tests share a cluster-wide singleton (Ray Serve): under ``--dist loadgroup``
-    they all run on one worker, one after another, while the other worker runs the rest."""
-    for item in items:
-        if item.get_closest_marker("serial"):
-            item.add_marker(pytest.mark.xdist_group("serial"))
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         stop_shared_cluster()

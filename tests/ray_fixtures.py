@@ -9,8 +9,9 @@ start (``start_shared_cluster``) and every worker attaches to it through
 RAY_ADDRESS.  Most of a Ray test's time is spent waiting (actor processes
 booting, fake latency, backoff), so two workers overlap those waits on the
 same two cores.  Tests that use Ray Serve, a per-cluster singleton, are
-marked ``serial``; ``make test`` (``--dist loadgroup``) keeps them all on one
-worker, so two of them never run at once (conftest.py).
+marked ``serial``; ``make test`` runs them in a second, plain pytest run, on
+a cluster of their own: mixed into the parallel run, Serve's controller did
+not survive the load.
 """
 from __future__ import annotations
 
@@ -131,10 +132,9 @@ def free_port() -> int:
 class ServedApps:
     """The session's one Ray Serve instance (HTTP on a free local port).
 
-    Serve is a per-cluster singleton: stopping it and starting it again on a
-    busy shared cluster can leave the old controller, and its old port, in
-    place.  So it starts once, and each test deploys its app at ``/`` and
-    deletes it afterwards (``serial`` tests run one at a time).
+    Serve is a per-cluster singleton, and starting it costs seconds: it
+    starts once, and each test deploys its app at ``/`` and deletes it
+    afterwards (``serial`` tests run one at a time).
     """
 
     def __init__(self, port: int) -> None:
@@ -147,25 +147,28 @@ class ServedApps:
         from ray import serve
         serve.run(app, name=name, route_prefix="/")
         try:
-            self._wait_for_route()
+            self._wait_for_route(routed=True)
             yield self.base
         finally:
             serve.delete(name)
+            # so the next app's first answer cannot come from this one
+            self._wait_for_route(routed=False)
 
-    def _wait_for_route(self, timeout_s: float = 60.0) -> None:
-        """The proxy learns routes asynchronously: wait until ``/`` is not a 404."""
+    def _wait_for_route(self, routed: bool, timeout_s: float = 60.0) -> None:
+        """The proxy learns routes asynchronously: wait until ``/`` is (not) a 404."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 with urllib.request.urlopen(f"{self.base}/health", timeout=10):
-                    return
+                    status = 200
             except urllib.error.HTTPError as exc:
-                if exc.code != 404:
-                    return  # our app answered (e.g. 401 without a gateway key)
+                status = exc.code  # our app may answer 401 without a gateway key
             except OSError:
-                pass
+                status = None
+            if status is not None and (status != 404) == routed:
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Serve never routed {self.base}/ to the new app")
+                raise RuntimeError(f"Serve's route {self.base}/ never became {'live' if routed else 'free'}")
             time.sleep(0.05)
 
 

@@ -338,7 +338,7 @@ def test_backpressure_high_priority_is_admitted_during_a_low_flood(make_gateway,
     assert counters["submitted"] == counters["succeeded"] + counters["failed"]
 
 
-@pytest.mark.serial  # Ray Serve is one per cluster: make test keeps these on one worker
+@pytest.mark.serial  # Ray Serve is one per cluster: make test runs these alone
 def test_backpressure_over_http_is_429_with_retry_after(serve_apps, fake):
     """The same flood through the Serve app: 429 + Retry-After + OpenAI error JSON, never a 5xx."""
     import httpx

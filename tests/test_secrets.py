@@ -99,7 +99,7 @@ def _raises(call) -> BaseException:
     raise AssertionError("expected an error")
 
 
-@pytest.mark.serial  # Ray Serve is one per cluster: make test keeps these on one worker
+@pytest.mark.serial  # Ray Serve is one per cluster: make test runs these alone
 def test_no_key_appears_anywhere(make_gateway, serve_apps, tmp_path, capfd):
     from ray import serve
 

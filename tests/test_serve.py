@@ -21,7 +21,7 @@ import ipfs_accelerate_py as ia
 from ipfs_accelerate_py import serve_app
 from ipfs_accelerate_py.testing.fakes.runner import start_fake
 
-# Ray Serve is one per cluster: make test runs every serial test on one xdist worker
+# Ray Serve is one per cluster: make test runs these alone, after the parallel part
 pytestmark = [pytest.mark.ray, pytest.mark.serial]
 
 openai = pytest.importorskip("openai")
