@@ -11,6 +11,7 @@ import asyncio
 import pickle
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Mapping
 
@@ -23,7 +24,8 @@ except ImportError:  # pragma: no cover
     ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
 from . import errors
-from .actors import runtime
+from .actors import runtime, wire
+from .actors.coalesce import Outbox, settle
 from .actors._errors import unwrap
 from .config import GatewayConfig, load_config
 from .types import ChatResponse, EmbeddingResponse, ModelInfo, OperationResponse, StreamChunk
@@ -36,6 +38,8 @@ BATCHER_LOOKUP_S = 5.0
 
 
 _unwrap = unwrap
+#: the request methods: their arguments and answers travel as one blob (actors/wire.py)
+_PACKED = frozenset({"chat", "complete", "embed", "call"})
 
 
 class Gateway:
@@ -48,9 +52,19 @@ class Gateway:
         self.config = config
         self._batcher_handle: Any = None
         self._batcher_seen_at = 0.0
+        self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox[bytes]] = (
+            weakref.WeakKeyDictionary())
 
     def __repr__(self) -> str:
         return f"Gateway(name={self.name!r}, namespace={self.namespace!r})"
+
+    def __getstate__(self) -> dict:
+        # a Gateway passed to a Ray task travels without this process's event-loop outboxes
+        return {**self.__dict__, "_outboxes": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._outboxes = weakref.WeakKeyDictionary()
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -108,6 +122,8 @@ class Gateway:
 
     def _submit(self, method: str, args: tuple, kwargs: dict) -> Any:
         """Start a router call; arguments Ray cannot serialize are the caller's error."""
+        if method in _PACKED:
+            return self._router.request_packed.remote(self._pack(method, args, kwargs))
         try:
             return getattr(self._router, method).remote(*args, **kwargs)
         except (pickle.PicklingError, RecursionError, TypeError) as exc:
@@ -118,7 +134,8 @@ class Gateway:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
-                return ray.get(self._submit(method, args, kwargs))
+                answer = ray.get(self._submit(method, args, kwargs))
+                return wire.unpack(answer) if method in _PACKED else answer
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 self._reattach(deadline)
@@ -129,12 +146,60 @@ class Gateway:
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
+                if method in _PACKED:
+                    return await self._requests_outbox().put(self._pack(method, args, kwargs))
                 return await self._submit(method, args, kwargs)
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
+
+    # -- async requests: one router call per event-loop pass ----------------------------
+    def _requests_outbox(self) -> Outbox[bytes]:
+        """The requests async callers make in one event-loop pass (a Serve replica or an
+        asyncio job with many in flight) go to the router as one call (coalesce.py)."""
+        loop = asyncio.get_running_loop()
+        outbox = self._outboxes.get(loop)
+        if outbox is None:
+            outbox = self._outboxes[loop] = Outbox(self._send_requests)
+        return outbox
+
+    @staticmethod
+    def _pack(method: str, args: tuple, kwargs: dict) -> bytes:
+        try:
+            return wire.pack((method, args, kwargs))
+        except (pickle.PicklingError, RecursionError, TypeError, AttributeError) as exc:
+            raise errors.InvalidRequestError(f"the request could not be serialized: {type(exc).__name__}",
+                                             code="invalid_request") from None
+
+    def _send_requests(self, batch: list[tuple[bytes, asyncio.Future]]) -> None:
+        if len(batch) == 1:
+            call, future = batch[0]
+            asyncio.ensure_future(self._settle_request(self._router.request_packed.remote(call), future))
+        else:
+            stream = self._router.request_many.remote([call for call, _ in batch])
+            asyncio.ensure_future(self._settle_requests(stream, [future for _, future in batch]))
+
+    @staticmethod
+    async def _settle_request(ref: Any, future: asyncio.Future) -> None:
+        try:
+            settle(future, value=wire.unpack(await ref))
+        except Exception as exc:  # noqa: BLE001 - _acall decides (router gone -> send again)
+            settle(future, error=exc)
+
+    @staticmethod
+    async def _settle_requests(stream: Any, futures: list[asyncio.Future]) -> None:
+        failure: BaseException | None = None
+        try:
+            async for ref in stream:
+                for index, error, answer in wire.unpack(await ref):
+                    settle(futures[index], value=answer, error=error)
+        except Exception as exc:  # noqa: BLE001 - every unanswered caller gets it
+            failure = exc
+        for future in futures:
+            settle(future, error=failure or errors.ConnectionError(
+                "the router ended a batch without answering this request", retryable=True))
 
     def _stream(self, method: str, /, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         deadline = time.monotonic() + ROUTER_RECOVERY_S

@@ -13,6 +13,7 @@ from ray.exceptions import RayActorError
 
 from ipfs_accelerate_py import errors
 from ipfs_accelerate_py.actors import router as router_module
+from ipfs_accelerate_py.actors import wire
 from ipfs_accelerate_py.actors.endpoint import EndpointActor, Outcome
 from ipfs_accelerate_py.config import endpoint_from_dict, load_config
 from ipfs_accelerate_py.types import ChatResponse, Usage, build_chat_request
@@ -54,12 +55,14 @@ class RecordingHandle:
         handle = self
 
         class Execute:
-            def remote(self, op, request, request_id, est_tokens):
+            def remote(self, call: bytes):
+                op, request, request_id, est_tokens = wire.unpack(call)
                 handle.single.append(request_id)
-                return Ref(answer(request_id, handle.id))
+                return Ref(wire.pack(answer(request_id, handle.id)))
 
         class ExecuteMany:
-            def remote(self, calls):
+            def remote(self, packed: bytes):
+                calls = wire.unpack(packed)
                 handle.batches.append([call[2] for call in calls])
 
                 async def stream():
@@ -68,10 +71,10 @@ class RecordingHandle:
                             handle.die_after = None  # the restarted actor behaves
                             raise RayActorError()
                         await asyncio.sleep(0)
-                        yield Ref([(index, answer(call[2], handle.id))])
+                        yield Ref(wire.pack([(index, answer(call[2], handle.id))]))
                 return stream()
 
-        self.execute, self.execute_many = Execute(), ExecuteMany()
+        self.execute_packed, self.execute_many = Execute(), ExecuteMany()
 
 
 def make_router(*handles: RecordingHandle) -> router_module.RouterActor:
@@ -152,6 +155,37 @@ def test_a_caller_that_leaves_before_the_flush_is_not_sent():
     assert key.single == ["stays"] and key.batches == []
 
 
+def test_an_actor_call_failing_without_an_outcome_is_a_typed_error_and_frees_the_slot():
+    key = RecordingHandle("k")
+    calls = []
+
+    class Broken:
+        def remote(self, call: bytes):
+            calls.append(call)
+            return Ref(error=RuntimeError("object store trouble"))
+
+    key.execute_packed = Broken()
+    router = make_router(key)
+
+    async def scenario(ready):
+        router._ready = ready
+        with pytest.raises(errors.ProviderError, match="object store trouble") as info:
+            await router.chat("gpt-4o-mini", MSG, request_id="r1")
+        return info.value
+
+    err = run(scenario)
+    assert err.endpoint_id == "k" and err.request_id == "r1"
+    assert len(calls) >= 1 and router._slots["k"].in_flight == 0
+    assert router.counters["failed"] == 1
+
+
+def test_wire_packs_what_plain_pickle_cannot():
+    square = lambda x: x * x  # noqa: E731 - a lambda is what plain pickle refuses
+    assert wire.unpack(wire.pack(("chat", {"f": square}, "r1", 0)))[1]["f"](3) == 9
+    request = build_chat_request("gpt-4o-mini", MSG, {"temperature": 0.5})
+    assert wire.unpack(wire.pack(request)) == request
+
+
 # ---------------------------------------------------------------------------
 # EndpointActor.execute_many
 # ---------------------------------------------------------------------------
@@ -167,8 +201,8 @@ def test_execute_many_answers_each_call_once_with_its_own_outcome(fake_openai):
                   f"r{i}", 0) for i in range(6)]
         calls.append(("chat", "not a request", "broken", 0))  # a bug-shaped input fails alone
         seen: dict[int, Outcome] = {}
-        async for group in actor.execute_many(calls):
-            for index, outcome in group:
+        async for group in actor.execute_many(wire.pack(calls)):
+            for index, outcome in wire.unpack(group):
                 assert index not in seen
                 seen[index] = outcome
         await actor.close()
@@ -181,3 +215,88 @@ def test_execute_many_answers_each_call_once_with_its_own_outcome(fake_openai):
     assert len(failed) == 2  # the injected 500 and the broken call; the rest answered
     ok = [o.value for i, o in seen.items() if o.error is None]
     assert all(f"q" in r.text for r in ok) and {r.request_id for r in ok} <= {f"r{i}" for i in range(6)}
+
+
+# ---------------------------------------------------------------------------
+# Gateway facade: async requests made in one event-loop pass reach the router as one call
+# ---------------------------------------------------------------------------
+
+class RecordingRouter:
+    """A router handle answering request_packed / request_many like the actor.
+
+    ``fail`` maps a request id to the error that request gets; ``die_after``
+    breaks the first request_many stream (as a router crash would) after that
+    many answers.
+    """
+
+    def __init__(self, fail: dict | None = None, die_after: int | None = None) -> None:
+        self.single: list[str] = []
+        self.batches: list[list[str]] = []
+        self.fail, self.die_after = dict(fail or {}), die_after
+        router = self
+
+        def reply(call: bytes) -> tuple[BaseException | None, object]:
+            method, args, kwargs = wire.unpack(call)
+            rid = kwargs["request_id"]
+            if rid in router.fail:
+                return router.fail[rid], None
+            return None, ChatResponse(text=f"{method} {args[0]} {rid}", request_id=rid)
+
+        class Packed:
+            def remote(self, call: bytes):
+                router.single.append(wire.unpack(call)[2]["request_id"])
+                error, value = reply(call)
+                return Ref(error=error) if error else Ref(wire.pack(value))
+
+        class Many:
+            def remote(self, calls: list[bytes]):
+                router.batches.append([wire.unpack(c)[2]["request_id"] for c in calls])
+
+                async def stream():
+                    for index, call in enumerate(calls):
+                        if router.die_after is not None and index >= router.die_after:
+                            router.die_after = None
+                            raise RayActorError()
+                        yield Ref(wire.pack([(index, *reply(call))]))
+                return stream()
+
+        self.request_packed, self.request_many = Packed(), Many()
+
+
+def gateway_on(router: RecordingRouter, monkeypatch) -> "Gateway":
+    from ipfs_accelerate_py.gateway import Gateway
+    gw = Gateway(router, namespace="dispatch-test", name="ia")
+    monkeypatch.setattr(gw, "_reattach", lambda deadline: None)  # the "restarted" router is the same
+    return gw
+
+
+def test_async_requests_in_one_pass_reach_the_router_as_one_call(monkeypatch):
+    router = RecordingRouter(fail={"r3": errors.RateLimitError("slow down", request_id="r3")})
+    gw = gateway_on(router, monkeypatch)
+
+    async def scenario():
+        alone = await gw.achat("gpt-4o-mini", MSG, request_id="solo")
+        many = await asyncio.gather(*(gw.achat("gpt-4o-mini", MSG, request_id=f"r{i}") for i in range(6)),
+                                    return_exceptions=True)
+        return alone, many
+
+    alone, many = asyncio.run(scenario())
+    assert alone.text == "chat gpt-4o-mini solo" and router.single == ["solo"]
+    assert router.batches == [[f"r{i}" for i in range(6)]]
+    assert isinstance(many[3], errors.RateLimitError) and many[3].request_id == "r3"  # only its caller
+    assert [r.request_id for i, r in enumerate(many) if i != 3] == [f"r{i}" for i in range(6) if i != 3]
+
+
+def test_a_router_crash_mid_batch_resends_only_the_unanswered(monkeypatch):
+    router = RecordingRouter(die_after=2)
+    gw = gateway_on(router, monkeypatch)
+
+    async def scenario():
+        return await asyncio.gather(*(gw.achat("gpt-4o-mini", MSG, request_id=f"r{i}") for i in range(5)))
+
+    answers = asyncio.run(scenario())
+    assert [a.request_id for a in answers] == [f"r{i}" for i in range(5)]  # each caller once, in order
+    first, *again = router.batches
+    assert first == [f"r{i}" for i in range(5)]
+    resent = sorted(router.single + [rid for batch in again for rid in batch])
+    assert resent == ["r2", "r3", "r4"]  # the two answered before the crash are not sent again

@@ -26,7 +26,8 @@ from ..core.stats import EndpointCounters
 from ..providers.base import get_provider_class
 from ..transport import Transport
 from ..types import ChatRequest, ChatResponse, EmbeddingResponse, OperationResponse, StreamChunk, Usage
-from . import metrics
+from . import metrics, wire
+from .coalesce import finished_groups
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,14 @@ class EndpointActor:
         self._on_success(result, request, reservation, started, request_id)
         return Outcome(value=result, state=self.snapshot())
 
-    async def execute_many(self, calls: list[tuple[str, Any, str | None, int | None]]
-                           ) -> AsyncIterator[list[tuple[int, Outcome]]]:
-        """Run several ``execute`` calls at once; yield ``[(index, Outcome)]`` as they finish.
+    async def execute_packed(self, call: bytes) -> bytes:
+        """``execute`` for the router: arguments and Outcome as one blob (wire.py)."""
+        return wire.pack(await self.execute(*wire.unpack(call)))
+
+    async def execute_many(self, calls: bytes) -> AsyncIterator[bytes]:
+        """Run several ``execute`` calls at once; yield ``[(index, Outcome)]`` groups as
+        they finish.  ``calls`` is a packed list of ``execute`` argument tuples, and each
+        group is packed (wire.py).
 
         Why: a Ray actor call costs about a millisecond of CPU across the two
         processes, several times what the upstream request itself costs us.
@@ -188,21 +194,11 @@ class EndpointActor:
         within a millisecond of each other, so a fast answer never waits
         for a slow one by more than that.
         """
+        unpacked: list[tuple[str, Any, str | None, int | None]] = wire.unpack(calls)
         tasks = [asyncio.ensure_future(self.execute(op, request, request_id, est))
-                 for op, request, request_id, est in calls]
-        index = {task: i for i, task in enumerate(tasks)}
-        pending = set(tasks)
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if pending:
-                    # siblings sent together usually finish together: one reply instead of several
-                    more, pending = await asyncio.wait(pending, timeout=BATCH_REPLY_LINGER_S)
-                    done |= more
-                yield [(index[task], self._outcome_of(task, calls[index[task]][2])) for task in done]
-        finally:
-            for task in pending:  # the router went away: nobody will read these answers
-                task.cancel()
+                 for op, request, request_id, est in unpacked]
+        async for group in finished_groups(tasks, BATCH_REPLY_LINGER_S):
+            yield wire.pack([(i, self._outcome_of(tasks[i], unpacked[i][2])) for i in group])
 
     def _outcome_of(self, task: asyncio.Task, request_id: str | None) -> Outcome:
         """A finished ``execute`` task as an Outcome; it only raises on bugs, which

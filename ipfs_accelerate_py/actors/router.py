@@ -45,7 +45,8 @@ from ..providers.base import canonical_name, get_provider_class
 from ..types import (STREAMING_OPERATIONS, ChatRequest, ChatResponse, EmbeddingRequest, ModelInfo,
                      OperationRequest, StreamChunk, Usage, build_chat_request, build_embedding_request,
                      validate_sampling_params)
-from . import metrics, naming
+from . import metrics, naming, wire
+from .coalesce import Outbox, finished_groups, settle
 from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
 
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 _ACTOR_GONE = (RayActorError, ActorUnavailableError)
 #: if every key is open for longer than this, fail at once instead of queueing
 FAIL_FAST_OPEN_S = 1.0
+#: what the Gateway facade sends through request_packed / request_many
+_PACKED_REQUESTS = frozenset({"chat", "complete", "embed", "call"})
+#: request_many holds a finished answer this long for its siblings (as EndpointActor.execute_many)
+REQUEST_REPLY_LINGER_S = 0.001
 #: a restarting endpoint actor is left alone this long before the next try
 ACTOR_RESTART_PAUSE_S = 0.2
 
@@ -84,7 +89,7 @@ class _Slot:
         #: this endpoint's own RetryPolicy fields over the gateway's (max_retries, delays)
         self.retry_overrides: dict = dict(info.get("retry") or {})
         #: attempts leased to this key in the current event-loop pass, sent as one call
-        self.outbox: list[tuple[_Job, asyncio.Future]] = []
+        self.outbox: Outbox[_Job] | None = None
 
     def serves(self, model: str | None) -> bool:
         if model is None:
@@ -146,6 +151,8 @@ class _Job:
     seq: int = 0
     #: the shadow-limiter reservation of the current attempt
     reservation: Any = None
+    #: the current attempt has left for its endpoint actor
+    sent: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -174,6 +181,9 @@ class RouterActor:
         self._last_depth_report = 0.0
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "retries": 0, "failovers": 0,
                          "rejected_queue_full": 0, "evicted": 0, "streams": 0,
+                         # callers that left before their answer (submitted = succeeded + failed +
+                         # cancelled); of those, how many had an attempt already sent upstream
+                         "cancelled": 0, "cancelled_in_flight": 0,
                          # upstream attempts and the actor calls that carried them (see _execute)
                          "attempts": 0, "endpoint_calls": 0}
         self._ready: asyncio.Task | None = None
@@ -416,6 +426,26 @@ class RouterActor:
         return names
 
     # -- the public operations --------------------------------------------------------
+    async def request_packed(self, call: bytes) -> bytes:
+        """chat, complete, embed or call for the Gateway facade, with the arguments
+        and the answer as one blob each (wire.py).  Errors are raised as usual."""
+        return wire.pack(await self._request(call))
+
+    @ray.method(max_task_retries=0)  # the Gateway re-sends what was not answered
+    async def request_many(self, calls: list[bytes]) -> AsyncIterator[bytes]:
+        """Several ``request_packed`` calls in one (coalesce.py): the requests an async
+        caller makes in one event-loop pass.  Yields packed ``[(index, error, answer)]``
+        groups as they finish; an error is the one that caller would have seen."""
+        tasks = [asyncio.ensure_future(self._request(call)) for call in calls]
+        async for group in finished_groups(tasks, REQUEST_REPLY_LINGER_S):
+            yield wire.pack([(i, *_result_of(tasks[i])) for i in group])
+
+    async def _request(self, call: bytes) -> Any:
+        method, args, kwargs = wire.unpack(call)
+        if method not in _PACKED_REQUESTS:
+            raise errors.InvalidRequestError(f"{method!r} is not a request method", code="invalid_request")
+        return await getattr(self, method)(*args, **kwargs)
+
     async def chat(self, model: str, messages: Any, *, priority: Any = None, request_id: str | None = None,
                    endpoint_id: str | None = None, timeout_s: float | None = None, cache: bool = True,
                    **params: Any):
@@ -662,13 +692,17 @@ class RouterActor:
         retrying = False
         while True:
             slot = await self._lease(job, front=retrying)
+            job.sent = False
             try:
                 outcome = await self._execute(slot, job)
             except _ACTOR_GONE:
                 outcome = self._actor_gone(slot, job)
             except asyncio.CancelledError:
                 self._release(slot, job, None)
+                self._cancelled(in_flight=job.sent)
                 raise
+            except Exception as exc:  # noqa: BLE001 - never leave the slot taken
+                outcome = Outcome(error=self._call_failed(slot, job, exc))
             self._release(slot, job, outcome)
             if outcome.error is None:
                 self.counters["succeeded"] += 1
@@ -680,7 +714,7 @@ class RouterActor:
                 self._finished(type(outcome.error).__name__)
                 raise outcome.error
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
             retrying = True
 
     async def _stream(self, op: str, request: Any, model: str | None, priority: Any, request_id: str | None,
@@ -707,6 +741,7 @@ class RouterActor:
                 outcome = self._actor_gone(slot, job)
             except (asyncio.CancelledError, GeneratorExit):
                 self._release(slot, job, None)
+                self._cancelled(in_flight=True)
                 raise
             if outcome is None:
                 outcome = Outcome(error=errors.StreamInterruptedError(
@@ -731,7 +766,7 @@ class RouterActor:
                 self._finished(type(err).__name__)
                 raise err
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._back_off(delay)
             retrying = True
 
     # -- dispatch: one actor call per key per event-loop pass --------------------------
@@ -740,58 +775,47 @@ class RouterActor:
 
         Attempts leased to the same key in one pass of the event loop (a pump
         hands out many leases at once under load) leave as one
-        ``execute_many`` call: an actor call costs ~1 ms of CPU, so on a busy
-        2-core machine this is the difference between the router and the
-        providers being the bottleneck.
+        ``execute_many`` call (coalesce.py).
         """
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        slot.outbox.append((job, future))
-        if len(slot.outbox) == 1:
-            loop.call_soon(self._flush, slot)
-        return future
+        if slot.outbox is None:
+            slot.outbox = Outbox(lambda batch: self._send(slot, batch))
+        return slot.outbox.put(job)
 
-    def _flush(self, slot: _Slot) -> None:
-        batch = [(job, future) for job, future in slot.outbox if not future.done()]  # skip callers gone
-        slot.outbox = []
-        if batch:
-            self.counters["endpoint_calls"] += 1
-            self.counters["attempts"] += len(batch)
+    def _send(self, slot: _Slot, batch: list[tuple[_Job, asyncio.Future]]) -> None:
+        self.counters["endpoint_calls"] += 1
+        self.counters["attempts"] += len(batch)
+        for job, _ in batch:
+            job.sent = True
+        calls = [(job.op, job.request, job.request_id, job.est_tokens) for job, _ in batch]
         if len(batch) == 1:
-            job, future = batch[0]
-            ref = slot.handle.execute.remote(job.op, job.request, job.request_id, job.est_tokens)
-            asyncio.ensure_future(self._settle_one(ref, future))
-        elif batch:
-            asyncio.ensure_future(self._settle_many(slot, batch))
+            ref = slot.handle.execute_packed.remote(wire.pack(calls[0]))
+            asyncio.ensure_future(self._settle_one(ref, batch[0][1]))
+        else:
+            stream = slot.handle.execute_many.remote(wire.pack(calls))
+            asyncio.ensure_future(self._settle_many(slot, stream, batch))
 
     @staticmethod
     async def _settle_one(ref: Any, future: asyncio.Future) -> None:
         try:
-            outcome = await ref
+            outcome = wire.unpack(await ref)
         except Exception as exc:  # noqa: BLE001 - the caller decides (actor gone -> re-dispatch)
-            if not future.done():
-                future.set_exception(exc)
+            settle(future, error=exc)
         else:
-            if not future.done():
-                future.set_result(outcome)
+            settle(future, value=outcome)
 
     @staticmethod
-    async def _settle_many(slot: _Slot, batch: list[tuple[_Job, asyncio.Future]]) -> None:
-        calls = [(job.op, job.request, job.request_id, job.est_tokens) for job, _ in batch]
+    async def _settle_many(slot: _Slot, stream: Any, batch: list[tuple[_Job, asyncio.Future]]) -> None:
         failure: BaseException | None = None
         try:
-            async for ref in slot.handle.execute_many.remote(calls):
-                for index, outcome in await ref:
-                    future = batch[index][1]
-                    if not future.done():
-                        future.set_result(outcome)
+            async for ref in stream:
+                for index, outcome in wire.unpack(await ref):
+                    settle(batch[index][1], value=outcome)
         except Exception as exc:  # noqa: BLE001 - every unanswered member gets it
             failure = exc
         for job, future in batch:
-            if not future.done():
-                future.set_exception(failure or errors.ProviderError(
-                    f"endpoint {slot.id} ended a batch without answering this request",
-                    endpoint_id=slot.id, request_id=job.request_id))
+            settle(future, error=failure or errors.ProviderError(
+                f"endpoint {slot.id} ended a batch without answering this request",
+                endpoint_id=slot.id, request_id=job.request_id))
 
     def _actor_gone(self, slot: _Slot, job: _Job) -> Outcome:
         """The endpoint actor died with our request in flight: Ray restarts it;
@@ -800,6 +824,14 @@ class RouterActor:
         err = errors.ConnectionError(f"endpoint actor {slot.id} died; re-dispatching", endpoint_id=slot.id,
                                      request_id=job.request_id, retryable=True, code="actor_died")
         return Outcome(error=err)
+
+    @staticmethod
+    def _call_failed(slot: _Slot, job: _Job, exc: Exception) -> errors.GatewayError:
+        """What an actor call that failed without an Outcome means for the caller."""
+        if isinstance(exc, errors.GatewayError):
+            return exc
+        return errors.ProviderError(f"the call to endpoint {slot.id} failed: {type(exc).__name__}: "
+                                    f"{errors.redact(str(exc))}", endpoint_id=slot.id, request_id=job.request_id)
 
     def _decide(self, job: _Job, slot: _Slot, err: errors.GatewayError) -> float | None:
         """None to give up, else seconds to wait before the next attempt."""
@@ -865,6 +897,7 @@ class RouterActor:
             self._lease_failed(exc)
             raise
         except asyncio.CancelledError:
+            self._cancelled(in_flight=False)
             if job.lease.done() and not job.lease.cancelled() and job.lease.exception() is None:
                 self._release(job.lease.result(), job, None)  # leased just as the caller left
             else:
@@ -872,6 +905,20 @@ class RouterActor:
                 if q is not None:
                     q.remove(job)
             raise
+
+    async def _back_off(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self._cancelled(in_flight=False)
+            raise
+
+    def _cancelled(self, in_flight: bool) -> None:
+        """The caller left (ray.cancel, a closed HTTP connection) before its answer.  An
+        attempt already sent runs to its end upstream; its answer is dropped."""
+        self.counters["cancelled"] += 1
+        self.counters["cancelled_in_flight"] += int(in_flight)
+        self._finished("cancelled")
 
     def _lease_failed(self, exc: errors.GatewayError) -> None:
         self.counters["failed"] += 1
@@ -1130,6 +1177,14 @@ def _estimate(slot: _Slot, op: str, request: Any) -> int:
         return int(slot.provider_cls.estimate_tokens(op, request))
     except Exception:  # noqa: BLE001
         return 0
+
+
+def _result_of(task: asyncio.Future) -> tuple[BaseException | None, Any]:
+    """(error, answer) of a finished request task, for request_many."""
+    if task.cancelled():
+        return errors.ProviderError("the request was cancelled in the router"), None
+    exc = task.exception()
+    return (exc, None) if exc is not None else (None, task.result())
 
 
 def _endpoint_from_dict(data: dict, config: GatewayConfig) -> EndpointConfig:
