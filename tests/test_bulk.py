@@ -495,7 +495,11 @@ def test_ctrl_c_writes_what_finished_and_cancels_queued_requests(make_gateway, f
         time.sleep(0.1)
     router = gw.stats()["router"]
     assert gw.queue_info()["size"] == 0 and router["failed"] == 0
-    assert router["succeeded"] < 60 and fake.key_stats(k)["requests"] == router["succeeded"]
+    assert router["cancelled"] > 0 and router["submitted"] == router["succeeded"] + router["cancelled"]
+    # upstream saw the answered requests and at most the few already sent when the run stopped
+    upstream = fake.key_stats(k)["requests"]
+    assert router["succeeded"] < 60
+    assert router["succeeded"] <= upstream <= router["succeeded"] + router["cancelled_in_flight"]
 
 
 @pytest.mark.ray
