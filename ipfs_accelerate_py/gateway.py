@@ -42,6 +42,12 @@ _unwrap = unwrap
 _PACKED = frozenset({"chat", "complete", "embed", "call"})
 
 
+def _read_answer(blob: bytes) -> tuple[BaseException | None, Any]:
+    """The router's packed ``(error, answer)`` for one request."""
+    return wire.unpack_or(blob, lambda exc: (errors.ProviderError(
+        f"the router's answer could not be read: {type(exc).__name__}", retryable=False), None))
+
+
 class Gateway:
     """Handle on a running gateway.  Create with ``Gateway.start`` or ``Gateway.connect``."""
 
@@ -135,7 +141,12 @@ class Gateway:
         while True:
             try:
                 answer = ray.get(self._submit(method, args, kwargs))
-                return wire.unpack(answer) if method in _PACKED else answer
+                if method not in _PACKED:
+                    return answer
+                error, value = _read_answer(answer)
+                if error is not None:
+                    raise error
+                return value
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 self._reattach(deadline)
@@ -184,17 +195,20 @@ class Gateway:
     @staticmethod
     async def _settle_request(ref: Any, future: asyncio.Future) -> None:
         try:
-            settle(future, value=wire.unpack(await ref))
+            error, value = _read_answer(await ref)
         except Exception as exc:  # noqa: BLE001 - _acall decides (router gone -> send again)
             settle(future, error=exc)
+        else:
+            settle(future, value=value, error=error)
 
     @staticmethod
     async def _settle_requests(stream: Any, futures: list[asyncio.Future]) -> None:
         failure: BaseException | None = None
         try:
             async for ref in stream:
-                for index, error, answer in wire.unpack(await ref):
-                    settle(futures[index], value=answer, error=error)
+                for index, blob in await ref:
+                    error, value = _read_answer(blob)
+                    settle(futures[index], value=value, error=error)
         except Exception as exc:  # noqa: BLE001 - every unanswered caller gets it
             failure = exc
         for future in futures:

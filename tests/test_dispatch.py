@@ -61,8 +61,8 @@ class RecordingHandle:
                 return Ref(wire.pack(answer(request_id, handle.id)))
 
         class ExecuteMany:
-            def remote(self, packed: bytes):
-                calls = wire.unpack(packed)
+            def remote(self, packed: list[bytes]):
+                calls = [wire.unpack(call) for call in packed]
                 handle.batches.append([call[2] for call in calls])
 
                 async def stream():
@@ -71,7 +71,7 @@ class RecordingHandle:
                             handle.die_after = None  # the restarted actor behaves
                             raise RayActorError()
                         await asyncio.sleep(0)
-                        yield Ref(wire.pack([(index, answer(call[2], handle.id))]))
+                        yield Ref([(index, wire.pack(answer(call[2], handle.id)))])
                 return stream()
 
         self.execute_packed, self.execute_many = Execute(), ExecuteMany()
@@ -179,11 +179,73 @@ def test_an_actor_call_failing_without_an_outcome_is_a_typed_error_and_frees_the
     assert router.counters["failed"] == 1
 
 
-def test_wire_packs_what_plain_pickle_cannot():
+def test_a_stream_call_failing_without_an_outcome_is_a_typed_error_and_frees_the_slot():
+    key = RecordingHandle("k")
+
+    class Broken:
+        def remote(self, *args):
+            async def chunks():
+                raise RuntimeError("object lost")
+                yield  # pragma: no cover - makes this an async generator
+            return chunks()
+
+    key.stream = Broken()
+    router = make_router(key)
+
+    async def scenario(ready):
+        router._ready = ready
+        with pytest.raises(errors.ProviderError, match="object lost"):
+            async for _ in router.stream_chat("gpt-4o-mini", MSG, request_id="s1"):
+                pass
+
+    run(scenario)
+    assert router._slots["k"].in_flight == 0
+    assert router.counters["failed"] == 1 and router.counters["submitted"] == 1
+
+
+def test_wire_sends_script_defined_classes_by_value():
+    import pickle
+    import subprocess
+    import sys
+
+    Role = type("Role", (str,), {"__module__": "__main__"})  # as if defined in the caller's script
+    blob = wire.pack(("chat", {"role": Role("user")}, "r1", 0))
+    # another process, without the caller's __main__, reads it back
+    read = subprocess.run([sys.executable, "-c", "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read())[1])"],
+                          input=blob, capture_output=True, check=True)
+    assert read.stdout.strip() == b"{'role': 'user'}"
     square = lambda x: x * x  # noqa: E731 - a lambda is what plain pickle refuses
-    assert wire.unpack(wire.pack(("chat", {"f": square}, "r1", 0)))[1]["f"](3) == 9
+    assert wire.unpack(wire.pack({"f": square}))["f"](3) == 9
     request = build_chat_request("gpt-4o-mini", MSG, {"temperature": 0.5})
     assert wire.unpack(wire.pack(request)) == request
+    assert pickle.loads(wire.pack(request)) == request
+
+
+def test_an_answer_that_cannot_be_read_fails_alone_and_is_not_retried():
+    class Unreadable(Exception):  # pickles, but cannot be rebuilt from its args
+        def __init__(self, *, detail: str) -> None:
+            super().__init__(detail)
+
+    bad = wire.pack(Outcome(error=Unreadable(detail="x")))
+    key = RecordingHandle("k")
+    sent = []
+
+    class Execute:
+        def remote(self, call: bytes):
+            sent.append(call)
+            return Ref(bad)
+
+    key.execute_packed = Execute()
+    router = make_router(key)
+
+    async def scenario(ready):
+        router._ready = ready
+        with pytest.raises(errors.ProviderError, match="could not be read") as info:
+            await router.chat("gpt-4o-mini", MSG, request_id="r1")
+        return info.value
+
+    err = run(scenario)
+    assert not err.retryable and err.request_id == "r1" and len(sent) == 1  # served once, never re-run
 
 
 # ---------------------------------------------------------------------------
@@ -201,8 +263,9 @@ def test_execute_many_answers_each_call_once_with_its_own_outcome(fake_openai):
                   f"r{i}", 0) for i in range(6)]
         calls.append(("chat", "not a request", "broken", 0))  # a bug-shaped input fails alone
         seen: dict[int, Outcome] = {}
-        async for group in actor.execute_many(wire.pack(calls)):
-            for index, outcome in wire.unpack(group):
+        async for group in actor.execute_many([wire.pack(call) for call in calls]):
+            for index, blob in group:
+                outcome = wire.unpack(blob)
                 assert index not in seen
                 seen[index] = outcome
         await actor.close()
@@ -245,8 +308,7 @@ class RecordingRouter:
         class Packed:
             def remote(self, call: bytes):
                 router.single.append(wire.unpack(call)[2]["request_id"])
-                error, value = reply(call)
-                return Ref(error=error) if error else Ref(wire.pack(value))
+                return Ref(wire.pack(reply(call)))
 
         class Many:
             def remote(self, calls: list[bytes]):
@@ -257,7 +319,7 @@ class RecordingRouter:
                         if router.die_after is not None and index >= router.die_after:
                             router.die_after = None
                             raise RayActorError()
-                        yield Ref(wire.pack([(index, *reply(call))]))
+                        yield Ref([(index, wire.pack(reply(call)))])
                 return stream()
 
         self.request_packed, self.request_many = Packed(), Many()

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .. import errors
 from ..config import EndpointConfig
@@ -180,12 +180,14 @@ class EndpointActor:
 
     async def execute_packed(self, call: bytes) -> bytes:
         """``execute`` for the router: arguments and Outcome as one blob (wire.py)."""
-        return wire.pack(await self.execute(*wire.unpack(call)))
+        op, request, request_id, est_tokens = wire.unpack(call)
+        outcome = await self.execute(op, request, request_id, est_tokens)
+        return wire.pack_or(outcome, self._unsendable(request_id))
 
-    async def execute_many(self, calls: bytes) -> AsyncIterator[bytes]:
-        """Run several ``execute`` calls at once; yield ``[(index, Outcome)]`` groups as
-        they finish.  ``calls`` is a packed list of ``execute`` argument tuples, and each
-        group is packed (wire.py).
+    async def execute_many(self, calls: list[bytes]) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """Run several ``execute`` calls at once; yield ``[(index, packed Outcome)]``
+        groups as they finish.  Each of ``calls`` is a packed ``execute`` argument
+        tuple (wire.py).
 
         Why: a Ray actor call costs about a millisecond of CPU across the two
         processes, several times what the upstream request itself costs us.
@@ -194,11 +196,20 @@ class EndpointActor:
         within a millisecond of each other, so a fast answer never waits
         for a slow one by more than that.
         """
-        unpacked: list[tuple[str, Any, str | None, int | None]] = wire.unpack(calls)
+        unpacked: list[tuple[str, Any, str | None, int | None]] = [wire.unpack(call) for call in calls]
         tasks = [asyncio.ensure_future(self.execute(op, request, request_id, est))
                  for op, request, request_id, est in unpacked]
         async for group in finished_groups(tasks, BATCH_REPLY_LINGER_S):
-            yield wire.pack([(i, self._outcome_of(tasks[i], unpacked[i][2])) for i in group])
+            yield [(i, wire.pack_or(self._outcome_of(tasks[i], unpacked[i][2]), self._unsendable(unpacked[i][2])))
+                   for i in group]
+
+    def _unsendable(self, request_id: str | None) -> Callable[[Exception], Outcome]:
+        """The Outcome in place of one that cannot be serialized: the request was
+        served, so it is not retried (that would pay the provider twice)."""
+        return lambda exc: Outcome(error=errors.ProviderError(
+            f"endpoint {self.id}: the answer could not be serialized: {type(exc).__name__}",
+            retryable=False, provider=self.provider.name, endpoint_id=self.id, request_id=request_id),
+            state=self.snapshot())
 
     def _outcome_of(self, task: asyncio.Task, request_id: str | None) -> Outcome:
         """A finished ``execute`` task as an Outcome; it only raises on bugs, which

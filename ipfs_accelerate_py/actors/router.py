@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
@@ -427,21 +427,29 @@ class RouterActor:
 
     # -- the public operations --------------------------------------------------------
     async def request_packed(self, call: bytes) -> bytes:
-        """chat, complete, embed or call for the Gateway facade, with the arguments
-        and the answer as one blob each (wire.py).  Errors are raised as usual."""
-        return wire.pack(await self._request(call))
+        """chat, complete, embed or call for the Gateway facade: the arguments come as
+        one blob, the answer leaves as one packed ``(error, answer)`` pair (wire.py)."""
+        try:
+            answer: tuple[BaseException | None, Any] = (None, await self._request(call))
+        except Exception as exc:  # noqa: BLE001 - the caller's error travels in the answer
+            answer = (exc, None)
+        return _pack_answer(answer)
 
     @ray.method(max_task_retries=0)  # the Gateway re-sends what was not answered
-    async def request_many(self, calls: list[bytes]) -> AsyncIterator[bytes]:
+    async def request_many(self, calls: list[bytes]) -> AsyncIterator[list[tuple[int, bytes]]]:
         """Several ``request_packed`` calls in one (coalesce.py): the requests an async
-        caller makes in one event-loop pass.  Yields packed ``[(index, error, answer)]``
+        caller makes in one event-loop pass.  Yields ``[(index, packed (error, answer))]``
         groups as they finish; an error is the one that caller would have seen."""
         tasks = [asyncio.ensure_future(self._request(call)) for call in calls]
         async for group in finished_groups(tasks, REQUEST_REPLY_LINGER_S):
-            yield wire.pack([(i, *_result_of(tasks[i])) for i in group])
+            yield [(i, _pack_answer(_result_of(tasks[i]))) for i in group]
 
     async def _request(self, call: bytes) -> Any:
-        method, args, kwargs = wire.unpack(call)
+        try:
+            method, args, kwargs = wire.unpack(call)
+        except Exception as exc:  # noqa: BLE001
+            raise errors.InvalidRequestError(f"the request could not be read: {type(exc).__name__}",
+                                             code="invalid_request") from None
         if method not in _PACKED_REQUESTS:
             raise errors.InvalidRequestError(f"{method!r} is not a request method", code="invalid_request")
         return await getattr(self, method)(*args, **kwargs)
@@ -743,6 +751,8 @@ class RouterActor:
                 self._release(slot, job, None)
                 self._cancelled(in_flight=True)
                 raise
+            except Exception as exc:  # noqa: BLE001 - never leave the slot taken
+                outcome = Outcome(error=self._call_failed(slot, job, exc))
             if outcome is None:
                 outcome = Outcome(error=errors.StreamInterruptedError(
                     "stream from the endpoint ended without its final status", endpoint_id=slot.id,
@@ -782,34 +792,52 @@ class RouterActor:
         return slot.outbox.put(job)
 
     def _send(self, slot: _Slot, batch: list[tuple[_Job, asyncio.Future]]) -> None:
+        sendable: list[tuple[bytes, _Job, asyncio.Future]] = []
+        for job, future in batch:
+            try:
+                sendable.append((wire.pack((job.op, job.request, job.request_id, job.est_tokens)), job, future))
+            except Exception as exc:  # noqa: BLE001 - this request alone cannot travel
+                settle(future, error=errors.InvalidRequestError(
+                    f"the request could not be serialized: {type(exc).__name__}", code="invalid_request",
+                    request_id=job.request_id))
+        if not sendable:
+            return
         self.counters["endpoint_calls"] += 1
-        self.counters["attempts"] += len(batch)
-        for job, _ in batch:
+        self.counters["attempts"] += len(sendable)
+        for _, job, _ in sendable:
             job.sent = True
-        calls = [(job.op, job.request, job.request_id, job.est_tokens) for job, _ in batch]
-        if len(batch) == 1:
-            ref = slot.handle.execute_packed.remote(wire.pack(calls[0]))
-            asyncio.ensure_future(self._settle_one(ref, batch[0][1]))
+        if len(sendable) == 1:
+            call, job, future = sendable[0]
+            asyncio.ensure_future(self._settle_one(slot, job, slot.handle.execute_packed.remote(call), future))
         else:
-            stream = slot.handle.execute_many.remote(wire.pack(calls))
-            asyncio.ensure_future(self._settle_many(slot, stream, batch))
+            stream = slot.handle.execute_many.remote([call for call, _, _ in sendable])
+            asyncio.ensure_future(self._settle_many(slot, stream, [(job, future) for _, job, future in sendable]))
 
     @staticmethod
-    async def _settle_one(ref: Any, future: asyncio.Future) -> None:
+    def _unreadable(slot: _Slot, job: _Job) -> Callable[[Exception], Outcome]:
+        """The Outcome for an answer that came back but cannot be read: served
+        upstream already, so not retried (that would pay the provider twice)."""
+        return lambda exc: Outcome(error=errors.ProviderError(
+            f"the answer of endpoint {slot.id} could not be read: {type(exc).__name__}", retryable=False,
+            endpoint_id=slot.id, request_id=job.request_id))
+
+    @classmethod
+    async def _settle_one(cls, slot: _Slot, job: _Job, ref: Any, future: asyncio.Future) -> None:
         try:
-            outcome = wire.unpack(await ref)
+            blob = await ref
         except Exception as exc:  # noqa: BLE001 - the caller decides (actor gone -> re-dispatch)
             settle(future, error=exc)
         else:
-            settle(future, value=outcome)
+            settle(future, value=wire.unpack_or(blob, cls._unreadable(slot, job)))
 
-    @staticmethod
-    async def _settle_many(slot: _Slot, stream: Any, batch: list[tuple[_Job, asyncio.Future]]) -> None:
+    @classmethod
+    async def _settle_many(cls, slot: _Slot, stream: Any, batch: list[tuple[_Job, asyncio.Future]]) -> None:
         failure: BaseException | None = None
         try:
             async for ref in stream:
-                for index, outcome in wire.unpack(await ref):
-                    settle(batch[index][1], value=outcome)
+                for index, blob in await ref:
+                    job, future = batch[index]
+                    settle(future, value=wire.unpack_or(blob, cls._unreadable(slot, job)))
         except Exception as exc:  # noqa: BLE001 - every unanswered member gets it
             failure = exc
         for job, future in batch:
@@ -1177,6 +1205,11 @@ def _estimate(slot: _Slot, op: str, request: Any) -> int:
         return int(slot.provider_cls.estimate_tokens(op, request))
     except Exception:  # noqa: BLE001
         return 0
+
+
+def _pack_answer(answer: tuple[BaseException | None, Any]) -> bytes:
+    return wire.pack_or(answer, lambda exc: (errors.ProviderError(
+        f"the answer could not be serialized: {type(exc).__name__}", retryable=False), None))
 
 
 def _result_of(task: asyncio.Future) -> tuple[BaseException | None, Any]:
