@@ -171,7 +171,10 @@ def test_endpoint_killed_mid_stream_is_a_typed_interruption(make_gateway, fake):
             if len(got) == 2:
                 ray.kill(ray.get_actor(f"{gw.name}:endpoint:{chunk.endpoint_id}", namespace=gw.namespace),
                          no_restart=False)
-    assert info.value.request_id == "ep-kill" and len(got) == 2
+    # a chunk already on its way when the kill lands may still arrive (a loaded machine is
+    # slow to kill); what matters: a typed interruption, never a finished-looking answer
+    assert info.value.request_id == "ep-kill" and len(got) >= 2 and not any(c.done for c in got)
+    assert len(_upstream_answers(got)) == 1
     wait_until(lambda: settled(gw), "the router releases the dead endpoint's slot")
     assert "".join(c.text for c in gw.stream_chat(MODEL, MSG))
 
