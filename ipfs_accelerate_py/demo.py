@@ -60,14 +60,17 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _init_ray() -> None:
+def _init_ray() -> bool:
+    """Start the demo's own local Ray; False if the caller (a notebook, a test) already
+    has one, which the demo then uses and leaves running."""
     import ray  # noqa: PLC0415
     if ray.is_initialized():
-        return
+        return False
     if os.environ.pop("RAY_ADDRESS", None):
         _say("  (RAY_ADDRESS is set; the demo ignores it and runs on its own local Ray)")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    return True
 
 
 def _write_requests(path: Path, n: int) -> None:
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"  (provider settings found in the environment for {', '.join(found)}: NOT used; "
              f"pass --real to use them)")
     _say("[1/4] starting a local Ray (2 CPUs) ...")
-    _init_ray()
+    started_ray = _init_ray()
 
     from .gateway import Gateway  # noqa: PLC0415
     from .testing.fakes.runner import start_fake  # noqa: PLC0415
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         if gw is not None:
             gw.shutdown()
         fake.stop()
-        _shutdown_ray()
+        if started_ray:
+            _shutdown_ray()
 
 
 def _shutdown_ray() -> None:
@@ -211,7 +215,7 @@ def run_real(args: argparse.Namespace) -> int:
     _say(f"ipfs-accelerate demo --real: {args.real_requests} requests to {model} "
          f"(endpoints from the environment: {', '.join(f'{e.id} [{e.fingerprint}]' for e in cfg.endpoints)})")
     _say("[1/3] starting a local Ray (2 CPUs) ...")
-    _init_ray()
+    started_ray = _init_ray()
     from .gateway import Gateway  # noqa: PLC0415
     gw = None
     try:
@@ -230,7 +234,8 @@ def run_real(args: argparse.Namespace) -> int:
     finally:
         if gw is not None:
             gw.shutdown()
-        _shutdown_ray()
+        if started_ray:
+            _shutdown_ray()
 
 
 def main(argv: list[str] | None = None) -> int:

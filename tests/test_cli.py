@@ -179,7 +179,7 @@ def test_stats_prints_the_per_key_table(make_gateway, capsys):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_demo_completes_and_leaves_real_keys_alone_unless_asked(tmp_path):
+def test_demo_completes_on_its_own_ray_and_leaves_real_keys_alone(tmp_path):
     from ipfs_accelerate_py.testing.fakes.runner import start_fake
     # a "real" provider in the environment: the demo must not touch it without --real
     provider = start_fake("openai")
@@ -194,11 +194,25 @@ def test_demo_completes_and_leaves_real_keys_alone_unless_asked(tmp_path):
         assert len({r["custom_id"] for r in results}) == 200
         assert provider.stats()["requests"] == 0
         assert env["OPENAI_API_KEY"] not in proc.stdout + proc.stderr
+    finally:
+        provider.stop()
+
+
+@pytest.mark.ray
+def test_demo_real_uses_the_environment_and_leaves_a_running_ray_alone(ray_session, tmp_path, monkeypatch,
+                                                                         capsys):
+    from ipfs_accelerate_py.testing.fakes.runner import start_fake
+    provider = start_fake("openai")
+    api_key = f"sk-envkey{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", api_key)
+    monkeypatch.setenv("OPENAI_BASE_URL", provider.base_url)
+    try:
         # --real: the gateway comes from the environment, a small run goes to its first chat model
-        proc = run_cli("demo", "--real", "--real-requests", "5", "--out", str(tmp_path / "real"), "--no-progress",
-                       env=env)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert "5 ok, 0 failed" in proc.stdout and provider.stats()["requests"] == 5
-        assert env["OPENAI_API_KEY"] not in proc.stdout + proc.stderr
+        code = main(["demo", "--real", "--real-requests", "5", "--out", str(tmp_path / "real"), "--no-progress"])
+        out = capsys.readouterr()
+        assert code == 0, out.out[-3000:] + out.err[-3000:]
+        assert "5 ok, 0 failed" in out.out and provider.stats()["requests"] == 5
+        assert api_key not in out.out + out.err
+        assert ray_session.is_initialized()  # the caller's Ray was used, not shut down
     finally:
         provider.stop()
