@@ -7,11 +7,10 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test bench install clean
 
 # uv resolves and downloads in parallel: ~25 s from a cold cache where pip takes ~95 s
-# (measured on a 2-core CI machine); plain pip is the fallback where uv cannot be had.
-# --compile-bytecode does what pip does: no test process compiles site-packages later
+# (measured on a 2-core CI machine); plain pip is the fallback where uv cannot be had
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	( $(PY) -m pip install -q uv && $(PY) -m uv pip install -q --compile-bytecode --python $(PY) -e ".[test,s3]" ) \
+	( $(PY) -m pip install -q uv && $(PY) -m uv pip install -q --python $(PY) -e ".[test,s3]" ) \
 	  || $(PY) -m pip install -q -e ".[test,s3]"
 	touch $(STAMP)
 

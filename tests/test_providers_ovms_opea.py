@@ -321,6 +321,13 @@ def test_non_literals_are_not_evaluated(payload):
     assert decode_bytes_literal(payload) is None
 
 
+def test_hostile_nesting_is_not_a_literal_and_leaves_the_interpreter_working():
+    # ast.parse raised RecursionError on this, after which CPython 3.11 failed every
+    # later compile in the process (an upstream could break the endpoint actor)
+    assert decode_bytes_literal("b'x'" + " + b'x'" * 100_000) is None
+    assert eval(compile("1 + 1", "<check>", "eval")) == 2
+
+
 def test_uppercase_and_double_quoted_literals():
     assert decode_bytes_literal('B"it\'s"') == b"it's"
     assert decode_bytes_literal(r"b'\xe2\x9c\x93 \'q\' \"d\" \\'") == "\u2713 'q' \"d\" \\".encode()

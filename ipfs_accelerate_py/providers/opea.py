@@ -26,7 +26,7 @@ is accepted and trimmed.
 """
 from __future__ import annotations
 
-import ast
+import codecs
 import codecs
 import json
 from typing import Any, Mapping
@@ -49,22 +49,37 @@ _MAX_FRAGMENT_CHARS = 1 << 20
 
 
 def decode_bytes_literal(data: str) -> bytes | None:
-    """The bytes of one Python bytes literal (``b'..'`` or ``b".."``), else None.
+    """The bytes of one Python bytes literal (``b'..'`` or ``b".."``, as ``repr`` writes them), else None.
 
-    ``ast.parse`` + a check that the whole expression is a single bytes
-    constant: nothing is evaluated, and a payload that is anything else (an
-    expression, two literals with an operator, plain text) is not a literal.
+    A scan for the closing quote, then Python's own escape decoding: nothing
+    is evaluated, and a payload that is anything else (an expression, two
+    literals with an operator, plain text) is not a literal.  Not
+    ``ast.parse``: hostile nesting from an upstream can make it raise
+    RecursionError, after which CPython 3.11 fails every later compile in
+    the process ("AST constructor recursion depth mismatch").
     """
     text = data.strip()
     if len(text) < 3 or text[0] not in "bB" or text[1] not in "'\"" or len(text) > _MAX_FRAGMENT_CHARS:
         return None
-    try:
-        node = ast.parse(text, mode="eval").body
-    except (SyntaxError, ValueError):
+    quote = text[1]
+    if text[-1] != quote:
         return None
-    if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
-        return node.value
-    return None
+    body = text[2:-1]  # repr(bytes) never writes triple quotes, so neither do we read them
+    i = 0
+    while i < len(body):
+        char = body[i]
+        if char == "\\":
+            if i + 1 == len(body):
+                return None  # the backslash escapes the closing quote: unterminated
+            i += 2
+            continue
+        if char == quote or char == "\n" or ord(char) > 127:
+            return None  # a bare quote ends the literal early; bytes literals are ASCII
+        i += 1
+    try:
+        return codecs.escape_decode(body.encode("ascii"))[0]
+    except ValueError:
+        return None
 
 
 def fastapi_error_message(body: Any) -> str | None:
