@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test bench install clean
 
 # uv resolves and downloads in parallel: ~25 s from a cold cache where pip takes ~95 s
-# (measured on a 2-core CI machine); plain pip is the fallback where uv cannot be had
+# (measured on a 2-core CI machine); plain pip is the fallback where uv cannot be had.
+# --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE=1 (set on these machines)
+# every Ray worker would otherwise compile Ray from source again (make test took 2x as long)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	( $(PY) -m pip install -q uv && $(PY) -m uv pip install -q --python $(PY) -e ".[test,s3]" ) \
+	( $(PY) -m pip install -q uv && $(PY) -m uv pip install -q --compile-bytecode --python $(PY) -e ".[test,s3]" ) \
 	  || $(PY) -m pip install -q -e ".[test,s3]"
 	touch $(STAMP)
 
