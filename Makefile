@@ -23,7 +23,10 @@ demo: $(STAMP)
 
 # two workers on one shared Ray (tests/ray_fixtures.py), then the tests that need the
 # cluster to themselves (Ray Serve is one per cluster); plain `pytest` runs everything serially
+# compileall: with PYTHONDONTWRITEBYTECODE=1 nothing caches our own modules' bytecode, and
+# every actor process would compile them again (only changed files are recompiled here)
 test: $(STAMP)
+	$(PY) -m compileall -q ipfs_accelerate_py
 	$(PY) -m pytest -q -n 2 -m "not serial"
 	$(PY) -m pytest -q -m serial
 
