@@ -23,12 +23,16 @@ demo: $(STAMP)
 
 # two workers on one shared Ray (tests/ray_fixtures.py), then the tests that need the
 # cluster to themselves (Ray Serve is one per cluster); plain `pytest` runs everything serially
+# the serial run reads only the files that have serial tests: collecting the whole suite a
+# second time costs ~15 s (any file that marks a test serial says `mark.serial`)
+SERIAL_FILES = $(shell grep -l 'mark\.serial' tests/test_*.py)
+
 # compileall: with PYTHONDONTWRITEBYTECODE=1 nothing caches our own modules' bytecode, and
 # every actor process would compile them again (only changed files are recompiled here)
 test: $(STAMP)
 	$(PY) -m compileall -q ipfs_accelerate_py
 	$(PY) -m pytest -q -n 2 -m "not serial"
-	$(PY) -m pytest -q -m serial
+	$(PY) -m pytest -q -m serial $(SERIAL_FILES)
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
