@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
 
 from . import errors
 from .actors import runtime, wire
-from .actors.coalesce import Outbox, settle
+from .actors.coalesce import Outbox, settle, settle_from_stream
 from .actors._errors import unwrap
 from .config import GatewayConfig, load_config
 from .types import ChatResponse, EmbeddingResponse, ModelInfo, OperationResponse, StreamChunk
@@ -203,17 +203,9 @@ class Gateway:
 
     @staticmethod
     async def _settle_requests(stream: Any, futures: list[asyncio.Future]) -> None:
-        failure: BaseException | None = None
-        try:
-            async for ref in stream:
-                for index, blob in await ref:
-                    error, value = _read_answer(blob)
-                    settle(futures[index], value=value, error=error)
-        except Exception as exc:  # noqa: BLE001 - every unanswered caller gets it
-            failure = exc
-        for future in futures:
-            settle(future, error=failure or errors.ConnectionError(
-                "the router ended a batch without answering this request", retryable=True))
+        await settle_from_stream(stream, futures, read=lambda _, blob: _read_answer(blob),
+                                 unanswered=lambda _: errors.ConnectionError(
+                                     "the router ended a batch without answering this request", retryable=True))
 
     def _stream(self, method: str, /, *args: Any, **kwargs: Any) -> Iterator[StreamChunk]:
         deadline = time.monotonic() + ROUTER_RECOVERY_S

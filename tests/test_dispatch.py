@@ -77,6 +77,18 @@ class RecordingHandle:
         self.execute_packed, self.execute_many = Execute(), ExecuteMany()
 
 
+class ScriptedExecute(list):
+    """An ``execute_packed`` stand-in: records each call, answers with ``reply()``."""
+
+    def __init__(self, reply) -> None:
+        super().__init__()
+        self.reply = reply
+
+    def remote(self, call: bytes):
+        self.append(call)
+        return self.reply()
+
+
 def make_router(*handles: RecordingHandle) -> router_module.RouterActor:
     config = load_config({"namespace": "dispatch-test", "batching": {"enabled": False},
                           "retry": {"max_retries": 2, "initial_retry_delay": 0.0}, "endpoints": []})
@@ -157,14 +169,7 @@ def test_a_caller_that_leaves_before_the_flush_is_not_sent():
 
 def test_an_actor_call_failing_without_an_outcome_is_a_typed_error_and_frees_the_slot():
     key = RecordingHandle("k")
-    calls = []
-
-    class Broken:
-        def remote(self, call: bytes):
-            calls.append(call)
-            return Ref(error=RuntimeError("object store trouble"))
-
-    key.execute_packed = Broken()
+    key.execute_packed = calls = ScriptedExecute(lambda: Ref(error=RuntimeError("object store trouble")))
     router = make_router(key)
 
     async def scenario(ready):
@@ -228,14 +233,7 @@ def test_an_answer_that_cannot_be_read_fails_alone_and_is_not_retried():
 
     bad = wire.pack(Outcome(error=Unreadable(detail="x")))
     key = RecordingHandle("k")
-    sent = []
-
-    class Execute:
-        def remote(self, call: bytes):
-            sent.append(call)
-            return Ref(bad)
-
-    key.execute_packed = Execute()
+    key.execute_packed = sent = ScriptedExecute(lambda: Ref(bad))
     router = make_router(key)
 
     async def scenario(ready):

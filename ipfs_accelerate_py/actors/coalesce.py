@@ -66,6 +66,24 @@ async def finished_groups(tasks: list[asyncio.Future], linger_s: float) -> Async
             task.cancel()
 
 
+async def settle_from_stream(stream: AsyncIterator[Any], futures: list[asyncio.Future],
+                             read: Callable[[int, bytes], tuple[BaseException | None, Any]],
+                             unanswered: Callable[[int], BaseException]) -> None:
+    """Resolve ``futures`` from a stream of ``[(index, blob)]`` groups, each blob read by
+    ``read(index, blob) -> (error, value)``.  If the stream breaks, every caller not yet
+    answered gets that failure; if it just ends, ``unanswered(index)``."""
+    failure: BaseException | None = None
+    try:
+        async for ref in stream:
+            for index, blob in await ref:
+                error, value = read(index, blob)
+                settle(futures[index], value=value, error=error)
+    except Exception as exc:  # noqa: BLE001 - every unanswered caller gets it
+        failure = exc
+    for index, future in enumerate(futures):
+        settle(future, error=failure or unanswered(index))
+
+
 def settle(future: asyncio.Future, *, value: Any = None, error: BaseException | None = None) -> None:
     """Resolve ``future`` unless its caller already left."""
     if future.done():

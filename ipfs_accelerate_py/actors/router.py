@@ -46,7 +46,7 @@ from ..types import (STREAMING_OPERATIONS, ChatRequest, ChatResponse, EmbeddingR
                      OperationRequest, StreamChunk, Usage, build_chat_request, build_embedding_request,
                      validate_sampling_params)
 from . import metrics, naming, wire
-from .coalesce import Outbox, finished_groups, settle
+from .coalesce import Outbox, finished_groups, settle, settle_from_stream
 from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
 
@@ -832,18 +832,12 @@ class RouterActor:
 
     @classmethod
     async def _settle_many(cls, slot: _Slot, stream: Any, batch: list[tuple[_Job, asyncio.Future]]) -> None:
-        failure: BaseException | None = None
-        try:
-            async for ref in stream:
-                for index, blob in await ref:
-                    job, future = batch[index]
-                    settle(future, value=wire.unpack_or(blob, cls._unreadable(slot, job)))
-        except Exception as exc:  # noqa: BLE001 - every unanswered member gets it
-            failure = exc
-        for job, future in batch:
-            settle(future, error=failure or errors.ProviderError(
+        await settle_from_stream(
+            stream, [future for _, future in batch],
+            read=lambda i, blob: (None, wire.unpack_or(blob, cls._unreadable(slot, batch[i][0]))),
+            unanswered=lambda i: errors.ProviderError(
                 f"endpoint {slot.id} ended a batch without answering this request",
-                endpoint_id=slot.id, request_id=job.request_id))
+                endpoint_id=slot.id, request_id=batch[i][0].request_id))
 
     def _actor_gone(self, slot: _Slot, job: _Job) -> Outcome:
         """The endpoint actor died with our request in flight: Ray restarts it;
