@@ -215,18 +215,19 @@ def test_router_killed_mid_stream_never_truncates_silently(make_gateway, fake):
 # 3. Backpressure: a producer 10x faster than the keys allow
 # ---------------------------------------------------------------------------
 
-def _flood(gw, *, rate: float, seconds: float, priority: str, tag: str, until: threading.Event | None = None):
-    """Submit at ``rate`` per second for ``seconds`` (or, given ``until``, until it is
-    set); returns [(ref, submitted_at)]."""
+def _flood(gw, *, rate: float, priority: str, tag: str, count: int | None = None,
+           until: threading.Event | None = None):
+    """Submit at up to ``rate`` per second, ``count`` requests or until ``until`` is set;
+    returns [(ref, submitted_at)]. A count, not a time window, so a busy machine still
+    submits them all."""
     out = []
     interval = 1.0 / rate
     start = time.monotonic()
     i = 0
-    while (not until.is_set()) if until is not None else (time.monotonic() - start < seconds):
+    while (not until.is_set()) if until is not None else i < count:
         out.append((gw.router.chat.remote(MODEL, MSG, priority=priority, request_id=f"{tag}{i}"), time.monotonic()))
         i += 1
-        target = start + i * interval
-        delay = target - time.monotonic()
+        delay = start + i * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
     return out
@@ -264,7 +265,7 @@ def test_backpressure_bounds_the_queue_with_queue_full_errors(make_gateway, fake
     watcher = threading.Thread(target=monitor, daemon=True)
     watcher.start()
     try:
-        items = _flood(gw, rate=200, seconds=1.0, priority="LOW", tag="low")  # 10x the 20/s the keys allow
+        items = _flood(gw, rate=200, count=200, priority="LOW", tag="low")  # 10x the 20/s the keys allow
     finally:
         ok, full, other = _outcomes(items)
         stop.set()
@@ -318,7 +319,7 @@ def test_backpressure_high_priority_is_admitted_during_a_low_flood(make_gateway,
     low: list = []
 
     def producer():
-        low.extend(_flood(gw, rate=200, seconds=0, priority="LOW", tag="low", until=stop_flood))
+        low.extend(_flood(gw, rate=200, priority="LOW", tag="low", until=stop_flood))
 
     thread = threading.Thread(target=producer, daemon=True)
     thread.start()
