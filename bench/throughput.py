@@ -57,15 +57,18 @@ def main() -> None:
     finally:
         fake.stop()
     rps = ok / elapsed
-    per_call = router.get("attempts", 0) / max(1, router.get("endpoint_calls", 0))
-    print(f"{router.get('attempts')} upstream attempts in {router.get('endpoint_calls')} endpoint actor calls "
-          f"({per_call:.1f} per call)")
+    attempts, by_lane, calls = (router.get(k, 0) for k in ("attempts", "lane_attempts", "endpoint_calls"))
+    # attempts go over the direct lanes (actors/lane.py) or, batched, as Ray actor calls
+    per_call = (attempts - by_lane) / calls if calls else None
+    print(f"{attempts} upstream attempts: {by_lane} over direct lanes, {attempts - by_lane} in {calls} "
+          f"endpoint actor calls; {router.get('lane_requests', 0)} requests reached the router by lane")
     print(f"{ok} ok, {failed} failed in {elapsed:.2f}s: {rps:.0f} requests/s")
     print("CPU ms per request by process: " + ", ".join(
         f"{role} {1000 * seconds / max(ok, 1):.2f}" for role, seconds in cpu_s.items()))
     emit({"bench": "throughput", "via": args.via, "requests": args.requests, "concurrency": args.concurrency,
           "succeeded": ok, "failed": failed, "elapsed_s": round(elapsed, 3), "requests_per_s": round(rps, 1),
-          "attempts_per_endpoint_call": round(per_call, 2),
+          "lane_attempts": by_lane, "lane_requests": router.get("lane_requests", 0),
+          "attempts_per_endpoint_call": round(per_call, 2) if per_call is not None else None,
           "cpu_ms_per_request": {role: round(1000 * sec / max(ok, 1), 3) for role, sec in cpu_s.items()},
           "pass": failed == 0 and rps >= 550})
 

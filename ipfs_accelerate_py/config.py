@@ -763,6 +763,8 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
     #: create endpoints from provider environment variables
     discover_env: bool = False
+    #: carry unary requests over direct sockets into the actors (actors/lane.py); off: Ray calls only
+    direct_lane: bool = True
     endpoints: list[EndpointConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -987,6 +989,7 @@ def _gateway_values(data: Mapping[str, Any], layers: Sequence[_Layer],
     out["batching"] = _section(BatchingConfig, data.get("batching"), "batching")
     out["request_timeout_s"] = _positive(data.get("request_timeout_s", 600.0), "request_timeout_s")
     out["discover_env"] = _boolean(data.get("discover_env", False), "discover_env")
+    out["direct_lane"] = _boolean(data.get("direct_lane", True), "direct_lane")
 
     endpoints: list[EndpointConfig] = []
     for entry in _merge_endpoints(layers, env):
@@ -1326,6 +1329,16 @@ def _read_dotenv(dotenv: str | os.PathLike[str] | bool | None,
     return out
 
 
+def _env_flag(variables: Mapping[str, str], name: str) -> bool:
+    raw = variables[name].strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false (1/0, yes/no, on/off), got {raw!r}",
+                      details={"field": name})
+
+
 def _env_int(variables: Mapping[str, str], name: str, check: Callable[[Any, str], Any]) -> Any:
     raw = variables[name].strip()
     try:
@@ -1356,6 +1369,8 @@ def _env_settings(variables: Mapping[str, str]) -> dict[str, Any]:
         out["queue_size"] = _env_int(variables, p + "QUEUE_SIZE", _positive_int)
     if (variables.get(p + "REQUEST_TIMEOUT_S") or "").strip():
         out["request_timeout_s"] = _env_float(variables, p + "REQUEST_TIMEOUT_S", _positive)
+    if (variables.get(p + "DIRECT_LANE") or "").strip():
+        out["direct_lane"] = _env_flag(variables, p + "DIRECT_LANE")
     if (variables.get(p + "MAX_RETRIES") or "").strip():
         out["retry"] = {"max_retries": _env_int(variables, p + "MAX_RETRIES", _non_negative_int)}
     if (variables.get(p + "GATEWAY_KEYS") or "").strip():

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover
 from . import errors
 from .actors import runtime, wire
 from .actors.coalesce import Outbox, settle, settle_from_stream
+from .actors.lane import AsyncLaneClient, LaneAddress, LaneCallFailed, LaneClient, LaneUnavailable
 from .actors._errors import unwrap
 from .config import GatewayConfig, load_config
 from .types import ChatResponse, EmbeddingResponse, ModelInfo, OperationResponse, StreamChunk
@@ -35,6 +36,10 @@ _ROUTER_GONE = (RayActorError, ActorUnavailableError)
 ROUTER_RECOVERY_S = 60.0
 #: how often a Gateway re-checks whether an embedding batcher is running
 BATCHER_LOOKUP_S = 5.0
+#: after the router's lane did not answer (or lanes are off), Ray calls only for this long
+LANE_RETRY_S = 30.0
+#: how long asking the router for its lane address may take before the call goes by Ray
+LANE_INFO_TIMEOUT_S = 5.0
 
 
 _unwrap = unwrap
@@ -60,17 +65,31 @@ class Gateway:
         self._batcher_seen_at = 0.0
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Outbox[bytes]] = (
             weakref.WeakKeyDictionary())
+        self._forget_lanes()
+
+    def _forget_lanes(self) -> None:
+        # the direct lane into the router (actors/lane.py): its address, a blocking client
+        # for sync calls, one async client per event loop
+        self._lane_address: LaneAddress | None = None
+        self._lane_retry_at = 0.0
+        self._lane: LaneClient | None = None
+        self._alanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncLaneClient] = (
+            weakref.WeakKeyDictionary())
+        self._alane_fetches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future] = (
+            weakref.WeakKeyDictionary())
 
     def __repr__(self) -> str:
         return f"Gateway(name={self.name!r}, namespace={self.namespace!r})"
 
     def __getstate__(self) -> dict:
-        # a Gateway passed to a Ray task travels without this process's event-loop outboxes
-        return {**self.__dict__, "_outboxes": None}
+        # a Gateway passed to a Ray task travels without this process's outboxes and lanes
+        lanes = ("_lane_address", "_lane_retry_at", "_lane", "_alanes", "_alane_fetches")
+        return {**{k: v for k, v in self.__dict__.items() if k not in lanes}, "_outboxes": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._outboxes = weakref.WeakKeyDictionary()
+        self._forget_lanes()
 
     # -- lifecycle -------------------------------------------------------------
     @classmethod
@@ -107,6 +126,9 @@ class Gateway:
             ray.kill(self._router, no_restart=True)
         except Exception:  # noqa: BLE001
             pass
+        if self._lane is not None:
+            self._lane.close()
+        self._forget_lanes()
 
     def __enter__(self) -> "Gateway":
         return self
@@ -128,8 +150,6 @@ class Gateway:
 
     def _submit(self, method: str, args: tuple, kwargs: dict) -> Any:
         """Start a router call; arguments Ray cannot serialize are the caller's error."""
-        if method in _PACKED:
-            return self._router.request_packed.remote(self._pack(method, args, kwargs))
         try:
             return getattr(self._router, method).remote(*args, **kwargs)
         except (pickle.PicklingError, RecursionError, TypeError) as exc:
@@ -137,34 +157,131 @@ class Gateway:
                                              code="invalid_request") from None
 
     def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        if method in _PACKED:
+            return self._request(self._pack(method, args, kwargs))
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
-                answer = ray.get(self._submit(method, args, kwargs))
-                if method not in _PACKED:
-                    return answer
-                error, value = _read_answer(answer)
-                if error is not None:
-                    raise error
-                return value
+                return ray.get(self._submit(method, args, kwargs))
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 self._reattach(deadline)
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
 
+    def _request(self, call: bytes) -> Any:
+        """One packed request: over the lane when it is open, else (and whenever the
+        lane fails) by a Ray call, with the same blob and so the same request id."""
+        answer = self._by_lane(call)
+        deadline = time.monotonic() + ROUTER_RECOVERY_S
+        while answer is None:
+            try:
+                answer = ray.get(self._router.request_packed.remote(call))
+            except _ROUTER_GONE:
+                self._check_recovery(deadline)
+                self._reattach(deadline)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+        error, value = _read_answer(answer)
+        if error is not None:
+            raise error
+        return value
+
     async def _acall(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        call = self._pack(method, args, kwargs) if method in _PACKED else None
+        if call is not None:
+            answer = await self._aby_lane(call)
+            if answer is not None:
+                error, value = _read_answer(answer)
+                if error is not None:
+                    raise error
+                return value
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
-                if method in _PACKED:
-                    return await self._requests_outbox().put(self._pack(method, args, kwargs))
+                if call is not None:
+                    return await self._requests_outbox().put(call)
                 return await self._submit(method, args, kwargs)
             except _ROUTER_GONE:
                 self._check_recovery(deadline)
                 await asyncio.get_running_loop().run_in_executor(None, self._reattach, deadline)
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
+
+    # -- the direct lane into the router (actors/lane.py) ---------------------------------
+    def _by_lane(self, call: bytes) -> bytes | None:
+        """The router's answer over the lane; None: send it by Ray instead."""
+        lane = self._lane
+        if lane is None or lane.closed:
+            address = self._lane_address or self._fetch_lane_address()
+            if address is None:
+                return None
+            lane = self._lane = LaneClient(address)
+        try:
+            return lane.call(call)
+        except LaneUnavailable as exc:
+            self._lane_failed(exc)
+            return None
+        except LaneCallFailed as exc:
+            raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
+
+    async def _aby_lane(self, call: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        lane = self._alanes.get(loop)
+        if lane is None or lane.closed:
+            address = self._lane_address or await self._afetch_lane_address(loop)
+            if address is None:
+                return None
+            lane = self._alanes.get(loop)
+            if lane is None or lane.closed or lane.address != address:
+                lane = self._alanes[loop] = AsyncLaneClient(address)
+        try:
+            return await lane.call(call)
+        except LaneUnavailable as exc:
+            self._lane_failed(exc)
+            return None
+        except LaneCallFailed as exc:
+            raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
+
+    def _lane_failed(self, exc: LaneUnavailable) -> None:
+        if exc.kind == "size":
+            return  # this one request is too big for a frame; the lane is fine
+        # broken: the router may have restarted somewhere else, so ask it again (by Ray,
+        # which waits for the restart); unreachable: leave the lane alone for a while
+        self._lane_address = None
+        if exc.kind == "connect":
+            self._lane_retry_at = time.monotonic() + LANE_RETRY_S
+
+    def _fetch_lane_address(self) -> LaneAddress | None:
+        if time.monotonic() < self._lane_retry_at:
+            return None
+        try:
+            address = ray.get(self._router.lane_info.remote(), timeout=LANE_INFO_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - router gone or slow: the Ray path deals with it
+            address = None
+        return self._note_lane_address(address)
+
+    async def _afetch_lane_address(self, loop: asyncio.AbstractEventLoop) -> LaneAddress | None:
+        if time.monotonic() < self._lane_retry_at:
+            return None
+        fetch = self._alane_fetches.get(loop)
+        if fetch is None:  # many requests start at once: one question for all of them
+            fetch = self._alane_fetches[loop] = asyncio.ensure_future(self._ask_lane_info())
+            fetch.add_done_callback(lambda _: self._alane_fetches.pop(loop, None))
+        return await asyncio.shield(fetch)
+
+    async def _ask_lane_info(self) -> LaneAddress | None:
+        try:
+            address = await asyncio.wait_for(self._router.lane_info.remote(), LANE_INFO_TIMEOUT_S)
+        except Exception:  # noqa: BLE001
+            address = None
+        return self._note_lane_address(address)
+
+    def _note_lane_address(self, address: LaneAddress | None) -> LaneAddress | None:
+        self._lane_address = address
+        if address is None:  # lanes off, or the router did not answer: Ray calls for a while
+            self._lane_retry_at = time.monotonic() + LANE_RETRY_S
+        return address
 
     # -- async requests: one router call per event-loop pass ----------------------------
     def _requests_outbox(self) -> Outbox[bytes]:

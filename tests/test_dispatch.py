@@ -90,7 +90,8 @@ class ScriptedExecute(list):
 
 
 def make_router(*handles: RecordingHandle) -> router_module.RouterActor:
-    config = load_config({"namespace": "dispatch-test", "batching": {"enabled": False},
+    # these tests are about the Ray-call path; the direct lanes have tests of their own (test_lane.py)
+    config = load_config({"namespace": "dispatch-test", "batching": {"enabled": False}, "direct_lane": False,
                           "retry": {"max_retries": 2, "initial_retry_delay": 0.0}, "endpoints": []})
     router = router_module.RouterActor(config, enable_metrics=False)
     for handle in handles:
@@ -320,7 +321,11 @@ class RecordingRouter:
                         yield Ref([(index, wire.pack(reply(call)))])
                 return stream()
 
-        self.request_packed, self.request_many = Packed(), Many()
+        class NoLane:  # direct lanes off: every request is a Ray call (test_lane.py covers lanes)
+            def remote(self):
+                return Ref(None)
+
+        self.request_packed, self.request_many, self.lane_info = Packed(), Many(), NoLane()
 
 
 def gateway_on(router: RecordingRouter, monkeypatch) -> "Gateway":

@@ -28,6 +28,7 @@ from ..transport import Transport
 from ..types import ChatRequest, ChatResponse, EmbeddingResponse, OperationResponse, StreamChunk, Usage
 from . import metrics, wire
 from .coalesce import finished_groups
+from .lane import LaneAddress, LaneServer, node_host
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class EndpointActor:
         self.counters = EndpointCounters()
         self.started_at = time.time()
         self._metrics = metrics.EndpointMetrics(self.id, self.provider.name) if enable_metrics else None
+        self._lane: LaneServer | None = None
 
     def __repr__(self) -> str:  # shows up in Ray's error traces: never the key
         return f"EndpointActor(id={self.id!r}, provider={self.provider.name!r}, key={self.config.fingerprint})"
@@ -152,7 +154,15 @@ class EndpointActor:
         return await self.describe()
 
     async def close(self) -> None:
+        if self._lane is not None:
+            await self._lane.close()
         await self.transport.close()
+
+    async def lane_info(self) -> LaneAddress:
+        """Where a router reaches ``execute_packed`` without a Ray call (lane.py)."""
+        if self._lane is None:
+            self._lane = LaneServer(self.execute_packed, host=node_host())
+        return await self._lane.start()
 
     # -- the call --------------------------------------------------------------
     async def execute(self, op: str, request: Any, request_id: str | None,

@@ -47,6 +47,7 @@ from ..types import (STREAMING_OPERATIONS, ChatRequest, ChatResponse, EmbeddingR
                      validate_sampling_params)
 from . import metrics, naming, wire
 from .coalesce import Outbox, finished_groups, settle, settle_from_stream
+from .lane import AsyncLaneClient, LaneAddress, LaneServer, LaneUnavailable, node_host
 from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
 
@@ -61,6 +62,8 @@ _PACKED_REQUESTS = frozenset({"chat", "complete", "embed", "call"})
 REQUEST_REPLY_LINGER_S = 0.001
 #: a restarting endpoint actor is left alone this long before the next try
 ACTOR_RESTART_PAUSE_S = 0.2
+#: after a failed attempt to open an endpoint's lane, its requests take Ray calls this long
+LANE_REOPEN_PAUSE_S = 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -90,6 +93,15 @@ class _Slot:
         self.retry_overrides: dict = dict(info.get("retry") or {})
         #: attempts leased to this key in the current event-loop pass, sent as one call
         self.outbox: Outbox[_Job] | None = None
+        #: the direct socket into the endpoint actor (lane.py); None: attempts go as Ray calls
+        self.lane: AsyncLaneClient | None = None
+        self.lane_opening: asyncio.Task | None = None
+        self.lane_retry_at = 0.0
+
+    def close_lane(self) -> None:
+        if self.lane is not None:
+            asyncio.ensure_future(self.lane.close())
+            self.lane = None
 
     def serves(self, model: str | None) -> bool:
         if model is None:
@@ -185,13 +197,17 @@ class RouterActor:
                          # cancelled); of those, how many had an attempt already sent upstream
                          "cancelled": 0, "cancelled_in_flight": 0,
                          # upstream attempts and the actor calls that carried them (see _execute)
-                         "attempts": 0, "endpoint_calls": 0}
+                         "attempts": 0, "endpoint_calls": 0,
+                         # of those, the ones carried by direct lanes, and requests that came by lane
+                         "lane_attempts": 0, "lane_requests": 0}
         self._ready: asyncio.Task | None = None
         self._startups: set[asyncio.Task] = set()
         self._batcher: Any = None
         self._cache: Any = None
         self._cache_stores: set[asyncio.Task] = set()
         self._batching: dict = {"auto_batching": True}
+        self.direct_lane = bool(getattr(config, "direct_lane", True))
+        self._lane: LaneServer | None = None
         for ep in config.endpoints:
             if ep.enabled:
                 self._attach(ep)
@@ -228,6 +244,7 @@ class RouterActor:
                     slot.up = True
                 except Exception:  # noqa: BLE001 - still starting or restarting; ask again
                     await asyncio.sleep(0.2)
+            self._open_lane(slot)
             self._pump()
 
         task = asyncio.ensure_future(wait_up())
@@ -314,6 +331,7 @@ class RouterActor:
         slot = self._slots.pop(endpoint_id, None)
         if slot is None:
             raise errors.NotFoundError(f"no endpoint {endpoint_id!r}; endpoints: {', '.join(sorted(self._slots))}")
+        slot.close_lane()
         try:
             await slot.handle.close.remote()
         except Exception:  # noqa: BLE001
@@ -342,9 +360,14 @@ class RouterActor:
             self.retry = self.retry.with_overrides(**retry_fields)
         if "strategy" in settings:
             self.strategy = make_strategy(settings.pop("strategy"))
+        if "direct_lane" in settings:
+            value = settings.pop("direct_lane")
+            if not isinstance(value, bool):
+                raise errors.ConfigError(f"direct_lane must be true or false, got {value!r}")
+            await self._set_direct_lane(value)
         if settings:
             raise errors.ConfigError(f"unknown router settings: {', '.join(sorted(settings))}")
-        return {"queue_size": self.bound.maxsize, "strategy": self.strategy.name,
+        return {"queue_size": self.bound.maxsize, "strategy": self.strategy.name, "direct_lane": self.direct_lane,
                 **{k: getattr(self.retry, k) for k in RetryPolicy.__dataclass_fields__}}
 
     async def configure_endpoint(self, endpoint_id: str, **changes: Any) -> dict:
@@ -424,6 +447,51 @@ class RouterActor:
             if s.default_model:
                 names.add(s.default_model)
         return names
+
+    # -- direct lanes (lane.py): the same blobs as request_packed / execute_packed ----
+    async def lane_info(self) -> LaneAddress | None:
+        """Where a Gateway reaches ``request_packed`` without a Ray call; None when
+        direct lanes are off (the Gateway then makes Ray calls)."""
+        if not self.direct_lane:
+            return None
+        if self._lane is None:
+            self._lane = LaneServer(self._request_by_lane, host=node_host())
+        return await self._lane.start()
+
+    async def _request_by_lane(self, call: bytes) -> bytes:
+        self.counters["lane_requests"] += 1
+        return await self.request_packed(call)
+
+    async def _set_direct_lane(self, on: bool) -> None:
+        self.direct_lane = on
+        if not on:
+            server, self._lane = self._lane, None
+            if server is not None:
+                await server.close()  # connected Gateways fall back to Ray calls
+            for slot in self._slots.values():
+                slot.close_lane()
+        else:
+            for slot in self._slots.values():
+                self._open_lane(slot)
+
+    def _open_lane(self, slot: _Slot) -> None:
+        """Ask the endpoint actor for its lane in the background; until it is open
+        (and whenever it breaks) attempts go as Ray calls."""
+        if not self.direct_lane or slot.lane_opening is not None or time.monotonic() < slot.lane_retry_at:
+            return
+
+        async def open_lane() -> None:
+            try:
+                address = await slot.handle.lane_info.remote()
+                if self.direct_lane and self._slots.get(slot.id) is slot:
+                    slot.lane = AsyncLaneClient(address)
+            except Exception as exc:  # noqa: BLE001 - the Ray path keeps working meanwhile
+                slot.lane_retry_at = time.monotonic() + LANE_REOPEN_PAUSE_S
+                log.debug("endpoint %s: no lane (%s)", slot.id, type(exc).__name__)
+            finally:
+                slot.lane_opening = None
+
+        slot.lane_opening = asyncio.ensure_future(open_lane())
 
     # -- the public operations --------------------------------------------------------
     async def request_packed(self, call: bytes) -> bytes:
@@ -703,7 +771,7 @@ class RouterActor:
             job.sent = False
             try:
                 outcome = await self._execute(slot, job)
-            except _ACTOR_GONE:
+            except (*_ACTOR_GONE, LaneUnavailable):
                 outcome = self._actor_gone(slot, job)
             except asyncio.CancelledError:
                 self._release(slot, job, None)
@@ -802,16 +870,46 @@ class RouterActor:
                     request_id=job.request_id))
         if not sendable:
             return
-        self.counters["endpoint_calls"] += 1
-        self.counters["attempts"] += len(sendable)
         for _, job, _ in sendable:
             job.sent = True
+        lane = slot.lane
+        if lane is not None and lane.closed:
+            slot.lane = lane = None
+        if lane is not None:
+            self.counters["attempts"] += len(sendable)
+            self.counters["lane_attempts"] += len(sendable)
+            for call, job, future in sendable:
+                self._attempt_by_lane(slot, lane, job, call, future)
+            return
+        self._open_lane(slot)
+        self.counters["endpoint_calls"] += 1
+        self.counters["attempts"] += len(sendable)
         if len(sendable) == 1:
             call, job, future = sendable[0]
             asyncio.ensure_future(self._settle_one(slot, job, slot.handle.execute_packed.remote(call), future))
         else:
             stream = slot.handle.execute_many.remote([call for call, _, _ in sendable])
             asyncio.ensure_future(self._settle_many(slot, stream, [(job, future) for _, job, future in sendable]))
+
+    def _attempt_by_lane(self, slot: _Slot, lane: AsyncLaneClient, job: _Job, call: bytes,
+                         future: asyncio.Future) -> None:
+        """One attempt over the lane; a caller that leaves cancels it in the endpoint too."""
+        async def attempt() -> None:
+            try:
+                blob = await lane.call(call)
+            except asyncio.CancelledError:
+                return
+            except LaneUnavailable as exc:
+                if slot.lane is lane:
+                    slot.lane = None  # broken: the next attempt asks Ray (which waits for a restart)
+                settle(future, error=exc)
+            except Exception as exc:  # noqa: BLE001 - LaneCallFailed: the caller decides
+                settle(future, error=exc)
+            else:
+                settle(future, value=wire.unpack_or(blob, self._unreadable(slot, job)))
+
+        task = asyncio.ensure_future(attempt())
+        future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
 
     @staticmethod
     def _unreadable(slot: _Slot, job: _Job) -> Callable[[Exception], Outcome]:
@@ -1176,6 +1274,7 @@ class RouterActor:
         await self.disable_cache()
         n = 0
         for slot in list(self._slots.values()):
+            slot.close_lane()
             try:
                 await slot.handle.close.remote()
             except Exception:  # noqa: BLE001
