@@ -97,6 +97,7 @@ def test_builtin_defaults():
     assert cfg.endpoints == [] and cfg.gateway_keys == []
     assert cfg.discover_env is True  # no config given: discovery on (found nothing in env={})
     assert GatewayConfig().discover_env is False
+    assert cfg.direct_lane is True and GatewayConfig().direct_lane is True
 
 
 def _yaml(tmp_path, text: str):
@@ -157,6 +158,20 @@ def test_all_scalar_environment_settings():
     assert (cfg.queue_size, cfg.namespace, cfg.name, cfg.request_timeout_s) == (12, "ns1", "gw", 42.5)
     assert cfg.retry["max_retries"] == 9 and cfg.retry["jitter"] == DEFAULT_RETRY["jitter"]
     assert [k.get() for k in cfg.gateway_keys] == [GATEWAY_TOKEN, "other-token-123"]
+
+
+@pytest.mark.parametrize("raw, expected", [("0", False), ("off", False), ("No", False), ("1", True), ("yes", True)])
+def test_direct_lanes_switch_from_the_environment(raw, expected):
+    assert load(env={"IPFS_ACCELERATE_DIRECT_LANE": raw}).direct_lane is expected
+    # an explicit config still wins over the environment
+    assert load({"direct_lane": not expected}, env={"IPFS_ACCELERATE_DIRECT_LANE": raw}).direct_lane is not expected
+
+
+def test_direct_lane_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="IPFS_ACCELERATE_DIRECT_LANE must be true or false"):
+        load(env={"IPFS_ACCELERATE_DIRECT_LANE": "maybe"})
+    with pytest.raises(ConfigError, match="direct_lane must be true or false"):
+        load({"direct_lane": "yes"})
 
 
 def test_sections_merge_across_layers(tmp_path):
