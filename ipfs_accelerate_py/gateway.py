@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 import time
 import uuid
 import weakref
@@ -36,8 +37,10 @@ _ROUTER_GONE = (RayActorError, ActorUnavailableError)
 ROUTER_RECOVERY_S = 60.0
 #: how often a Gateway re-checks whether an embedding batcher is running
 BATCHER_LOOKUP_S = 5.0
-#: after the router's lane did not answer (or lanes are off), Ray calls only for this long
+#: after the router's lane did not answer (or lanes are off), Ray calls only for this long;
+#: an address that keeps not answering waits twice as long each time, up to LANE_RETRY_MAX_S
 LANE_RETRY_S = 30.0
+LANE_RETRY_MAX_S = 600.0
 #: how long asking the router for its lane address may take before the call goes by Ray
 LANE_INFO_TIMEOUT_S = 5.0
 
@@ -72,6 +75,8 @@ class Gateway:
         # for sync calls, one async client per event loop
         self._lane_address: LaneAddress | None = None
         self._lane_retry_at = 0.0
+        self._lane_unreachable = 0
+        self._lane_lock = threading.Lock()
         self._lane: LaneClient | None = None
         self._alanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncLaneClient] = (
             weakref.WeakKeyDictionary())
@@ -83,7 +88,8 @@ class Gateway:
 
     def __getstate__(self) -> dict:
         # a Gateway passed to a Ray task travels without this process's outboxes and lanes
-        lanes = ("_lane_address", "_lane_retry_at", "_lane", "_alanes", "_alane_fetches")
+        lanes = ("_lane_address", "_lane_retry_at", "_lane_unreachable", "_lane_lock", "_lane", "_alanes",
+                 "_alane_fetches")
         return {**{k: v for k, v in self.__dict__.items() if k not in lanes}, "_outboxes": None}
 
     def __setstate__(self, state: dict) -> None:
@@ -126,9 +132,18 @@ class Gateway:
             ray.kill(self._router, no_restart=True)
         except Exception:  # noqa: BLE001
             pass
+        self._close_lanes()
+        self._forget_lanes()
+
+    def _close_lanes(self) -> None:
         if self._lane is not None:
             self._lane.close()
-        self._forget_lanes()
+        for loop, lane in list(self._alanes.items()):
+            if not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(lane.abort)
+                except RuntimeError:  # the loop closed meanwhile: so did its connection
+                    pass
 
     def __enter__(self) -> "Gateway":
         return self
@@ -213,12 +228,17 @@ class Gateway:
         """The router's answer over the lane; None: send it by Ray instead."""
         lane = self._lane
         if lane is None or lane.closed:
-            address = self._lane_address or self._fetch_lane_address()
-            if address is None:
-                return None
-            lane = self._lane = LaneClient(address)
+            with self._lane_lock:  # threads starting at once ask the router once
+                lane = self._lane
+                if lane is None or lane.closed:
+                    address = self._lane_address or self._fetch_lane_address()
+                    if address is None:
+                        return None
+                    lane = self._lane = LaneClient(address)
         try:
-            return lane.call(call)
+            answer = lane.call(call)
+            self._lane_unreachable = 0
+            return answer
         except LaneUnavailable as exc:
             self._lane_failed(exc)
             return None
@@ -236,7 +256,9 @@ class Gateway:
             if lane is None or lane.closed or lane.address != address:
                 lane = self._alanes[loop] = AsyncLaneClient(address)
         try:
-            return await lane.call(call)
+            answer = await lane.call(call)
+            self._lane_unreachable = 0
+            return answer
         except LaneUnavailable as exc:
             self._lane_failed(exc)
             return None
@@ -244,12 +266,18 @@ class Gateway:
             raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
 
     def _lane_failed(self, exc: LaneUnavailable) -> None:
+        """This request now goes by Ray; decide what the next one does.  A request the
+        lane lost after sending ("broken") may have started in the router, but a closed
+        connection cancels it there, and a router that died never answered it: sending
+        it again is what Ray's own retry of a dead actor's task would do."""
         if exc.kind == "size":
             return  # this one request is too big for a frame; the lane is fine
-        # broken: the router may have restarted somewhere else, so ask it again (by Ray,
-        # which waits for the restart); unreachable: leave the lane alone for a while
-        self._lane_address = None
-        if exc.kind == "connect":
+        self._lane_address = None  # ask the router again (by Ray, which waits for a restart)
+        if exc.kind == "connect":  # this address does not answer: leave it alone for a while
+            self._lane_unreachable += 1
+            self._lane_retry_at = time.monotonic() + min(LANE_RETRY_MAX_S,
+                                                         LANE_RETRY_S * 2 ** (self._lane_unreachable - 1))
+        elif exc.kind == "refused":  # the router is turning lanes off
             self._lane_retry_at = time.monotonic() + LANE_RETRY_S
 
     def _fetch_lane_address(self) -> LaneAddress | None:

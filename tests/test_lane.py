@@ -97,8 +97,34 @@ def test_a_peer_without_the_secret_is_refused_before_anything_is_read():
         return refused.value, handler
 
     refused, handler = asyncio.run(scenario())
-    assert refused.kind == "broken"
+    assert refused.kind == "connect"  # not sent: the caller may use Ray at once
     assert handler.seen == []
+
+
+def test_a_client_never_talks_to_a_server_that_cannot_prove_the_secret():
+    """Whoever holds the port after the actor died must not get requests or feed answers."""
+    async def scenario():
+        seen: list[bytes] = []
+
+        async def impostor(reader, writer):
+            writer.write(b"n" * 32)  # a nonce, but it cannot answer the client's
+            seen.append(await reader.readexactly(64))
+            writer.write(b"p" * 32)
+            seen.append(await reader.read(100))
+            writer.close()
+
+        server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(LaneUnavailable) as refused:
+            await AsyncLaneClient(LaneAddress("127.0.0.1", port, b"k" * 32)).call(b"secret request")
+        await until(lambda: len(seen) == 2, "the impostor saw the client hang up")
+        server.close()
+        return refused.value, seen, port
+
+    refused, seen, port = asyncio.run(scenario())
+    assert refused.kind == "connect" and seen[1] == b""  # the request itself never went out
+    with pytest.raises(LaneUnavailable):  # the blocking client refuses it too
+        LaneClient(LaneAddress("127.0.0.1", port, b"k" * 32)).call(b"secret request")
 
 
 def test_a_cancelled_caller_cancels_its_request_in_the_server_and_the_connection_lives_on():
@@ -139,6 +165,109 @@ def test_a_closed_connection_fails_every_waiting_call_and_cancels_their_work():
     results, later, client = asyncio.run(scenario())
     assert all(isinstance(r, LaneUnavailable) and r.kind == "broken" for r in results), results
     assert client.closed and later.kind == "closed"
+
+
+def test_a_cancellation_the_caller_did_not_ask_for_is_reported_not_swallowed():
+    async def scenario():
+        async def handler(payload: bytes) -> bytes:
+            inner = asyncio.ensure_future(asyncio.sleep(10))
+            asyncio.get_running_loop().call_soon(inner.cancel)  # something inside gives up
+            await inner
+            return b"never"
+
+        server = LaneServer(handler)
+        client = AsyncLaneClient(await server.start())
+        with pytest.raises(LaneCallFailed, match="cancelled inside the actor"):
+            await asyncio.wait_for(client.call(b"x"), 10)
+        await client.close()
+        await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_that_dies_right_after_the_handshake_fails_the_first_call_instead_of_hanging():
+    async def scenario():
+        secret = b"s" * 32
+
+        async def opens_then_dies(reader, writer):
+            nonce = b"n" * 32
+            writer.write(nonce)
+            hello = await reader.readexactly(64)
+            assert hello[:32] == lane_module._proof(secret, b"lane-client", nonce)
+            writer.write(lane_module._proof(secret, b"lane-server", hello[32:]))
+            writer.close()  # as an actor exiting just after accepting
+
+        server = await asyncio.start_server(opens_then_dies, "127.0.0.1", 0)
+        client = AsyncLaneClient(LaneAddress("127.0.0.1", server.sockets[0].getsockname()[1], secret))
+        results = await asyncio.wait_for(asyncio.gather(*(client.call(b"x") for _ in range(3)),
+                                                        return_exceptions=True), 10)
+        server.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, LaneUnavailable) for r in results), results
+
+
+def test_draining_answers_what_runs_refuses_what_comes_and_closes_idle_connections():
+    async def scenario():
+        handler = Recorder()
+        handler.hold = asyncio.Event()
+        server, address = await started(handler)
+        busy, idle = AsyncLaneClient(address), AsyncLaneClient(address)
+        assert await idle.call(b"warm") == b"re:warm"
+        running = asyncio.ensure_future(busy.call(b"hold-1"))
+        await until(lambda: b"hold-1" in handler.seen, "the request runs")
+        server.drain()
+        await until(lambda: idle.closed, "the idle connection was closed")
+        with pytest.raises(LaneUnavailable) as refused:
+            await busy.call(b"late")
+        handler.hold.set()
+        answer = await running
+        await until(lambda: not server._connections, "the drained connection closed")
+        return answer, refused.value, handler
+
+    answer, refused, handler = asyncio.run(scenario())
+    assert answer == b"re:hold-1"  # answered, not cancelled and not re-run
+    assert refused.kind == "refused" and b"late" not in handler.seen and not handler.cancelled
+
+
+def test_a_peer_that_reuses_a_running_call_id_is_dropped():
+    async def scenario():
+        handler = Recorder()
+        handler.hold = asyncio.Event()
+        server, address = await started(handler)
+        client = AsyncLaneClient(address)
+        first = asyncio.ensure_future(client.call(b"hold-a"))
+        await until(lambda: handler.seen, "the first request runs")
+        client._writer.write(lane_module._frame(1, lane_module._REQUEST, b"hold-b"))  # id 1 again
+        result = await asyncio.gather(first, return_exceptions=True)
+        await server.close()
+        return result[0], handler
+
+    result, handler = asyncio.run(scenario())
+    assert isinstance(result, LaneUnavailable) and handler.seen == [b"hold-a"]
+
+
+def test_clients_of_finished_event_loops_do_not_keep_those_loops_alive():
+    """A sync wrapper running asyncio.run(gw.achat(...)) per request: one client per loop."""
+    import gc
+    import weakref
+
+    served = ServerThread(Recorder())
+    by_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def one_request():
+        loop = asyncio.get_running_loop()
+        client = by_loop.get(loop)
+        if client is None:
+            client = by_loop[loop] = AsyncLaneClient(served.address)
+        return await client.call(b"ping")
+
+    for _ in range(20):
+        assert asyncio.run(one_request()) == b"re:ping"
+    gc.collect()
+    served.stop()
+    assert len(by_loop) == 0
 
 
 def test_a_handler_that_raises_gives_its_caller_the_failure_not_a_hang():
@@ -244,6 +373,18 @@ def test_blocking_clients_on_several_threads_each_get_their_own_answers():
     assert len(handler.seen) == 80
 
 
+def test_a_blocking_call_that_failed_in_the_handler_keeps_its_connection():
+    handler = Recorder()
+    served = ServerThread(handler)
+    client = LaneClient(served.address)
+    with pytest.raises(LaneCallFailed, match="asked to fail"):
+        client.call(b"fail")
+    assert client.call(b"fine") == b"re:fine"
+    connections = len(served.server._connections)
+    served.stop()
+    assert connections == 1 and not client.closed
+
+
 def test_a_blocking_call_whose_server_dies_raises_and_the_client_asks_for_a_new_address():
     handler = Recorder()
     handler.hold = None
@@ -336,3 +477,160 @@ def test_a_cancelled_async_caller_frees_its_endpoint_slot_in_the_router(make_gat
     counters = gw.stats()["router"]
     assert counters["cancelled"] == 1 and counters["cancelled_in_flight"] == 1
     assert counters["succeeded"] == 1 and counters["submitted"] == 2
+
+
+# ---------------------------------------------------------------------------
+# The router's attempts over endpoint lanes, in-process (no Ray)
+# ---------------------------------------------------------------------------
+
+from ipfs_accelerate_py.actors import router as router_module  # noqa: E402
+from ipfs_accelerate_py.actors import wire  # noqa: E402
+from ipfs_accelerate_py.actors.endpoint import Outcome  # noqa: E402
+from ipfs_accelerate_py.config import load_config  # noqa: E402
+from ipfs_accelerate_py.types import ChatResponse, Usage  # noqa: E402
+
+STATE = {"circuit": "CLOSED", "retry_in": 0.0, "cooldown_s": 0.0, "max_concurrent": 100}
+
+
+def outcome(request_id: str, via: str) -> Outcome:
+    return Outcome(value=ChatResponse(text=f"{via}:{request_id}", usage=Usage(3, 2, 5), request_id=request_id,
+                                      endpoint_id="k"), state=dict(STATE))
+
+
+class Ref:
+    """Awaitable like an ObjectRef."""
+
+    def __init__(self, value: object = None) -> None:
+        self.value = value
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        return self.value
+
+
+class LaneEndpoint:
+    """An endpoint actor stand-in: a real LaneServer (or an address nobody answers)
+    for lane attempts, a recording ``execute_packed`` for Ray attempts."""
+
+    def __init__(self, dead_address: bool = False) -> None:
+        self.id = "k"
+        self.by_ray: list[str] = []
+        self.by_lane: list[str] = []
+        self.lane_asked = 0
+        self.hold: asyncio.Event | None = None
+        self.server = LaneServer(self._execute)
+        self.dead_address = dead_address
+        endpoint = self
+
+        class LaneInfo:
+            def remote(self):
+                endpoint.lane_asked += 1
+                return endpoint._address()
+
+        class Execute:
+            def remote(self, call: bytes):
+                rid = wire.unpack(call)[2]
+                endpoint.by_ray.append(rid)
+                return Ref(wire.pack(outcome(rid, "ray")))
+
+        self.lane_info, self.execute_packed = LaneInfo(), Execute()
+
+    async def _address(self) -> LaneAddress:
+        if self.dead_address:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            return LaneAddress("127.0.0.1", port, b"x" * 32)
+        return await self.server.start()
+
+    async def _execute(self, call: bytes) -> bytes:
+        rid = wire.unpack(call)[2]
+        self.by_lane.append(rid)
+        if self.hold is not None:
+            await self.hold.wait()
+        return wire.pack(outcome(rid, "lane"))
+
+
+async def lane_router(endpoint: LaneEndpoint) -> router_module.RouterActor:
+    config = load_config({"namespace": "lane-test", "batching": {"enabled": False},
+                          "retry": {"max_retries": 2, "initial_retry_delay": 0.0}, "endpoints": []})
+    router = router_module.RouterActor(config, enable_metrics=False)
+    slot = router_module._Slot({"id": endpoint.id, "provider": "openai", "models": ["gpt-4o-mini"],
+                                "max_concurrent_requests": 100}, endpoint)
+    slot.up = True
+    router._slots[endpoint.id] = slot
+    router._ready = asyncio.get_running_loop().create_future()
+    router._ready.set_result(None)
+    router._open_lane(slot)  # as when the endpoint actor comes up
+    await slot.lane_opening
+    return router
+
+
+def test_router_attempts_take_the_endpoint_lane():
+    async def scenario():
+        endpoint = LaneEndpoint()
+        router = await lane_router(endpoint)
+        answers = await asyncio.gather(*(router.chat("gpt-4o-mini", MSG, request_id=f"r{i}") for i in range(5)))
+        await endpoint.server.close()
+        return answers, endpoint, router.counters
+
+    answers, endpoint, counters = asyncio.run(scenario())
+    assert [a.text for a in answers] == [f"lane:r{i}" for i in range(5)]
+    assert endpoint.by_ray == [] and sorted(endpoint.by_lane) == [f"r{i}" for i in range(5)]
+    assert counters["lane_attempts"] == counters["attempts"] == 5 and counters["endpoint_calls"] == 0
+
+
+def test_an_endpoint_lane_that_does_not_answer_costs_no_failover_and_is_not_asked_for_every_request():
+    async def scenario():
+        endpoint = LaneEndpoint(dead_address=True)
+        router = await lane_router(endpoint)
+        answers = [await router.chat("gpt-4o-mini", MSG, request_id=f"r{i}") for i in range(4)]
+        return answers, endpoint, router
+
+    answers, endpoint, router = asyncio.run(scenario())
+    assert [a.text for a in answers] == [f"ray:r{i}" for i in range(4)]  # each sent once, by Ray
+    assert endpoint.by_ray == [f"r{i}" for i in range(4)]
+    counters = router.counters
+    assert counters["failovers"] == 0 and counters["retries"] == 0 and counters["succeeded"] == 4
+    assert counters["lane_attempts"] == 0 and counters["attempts"] == 4
+    slot = router._slots["k"]
+    assert endpoint.lane_asked == 1 and slot.lane is None and slot.lane_failures == 1
+    assert slot.lane_retry_at > time.monotonic()  # backing off before asking again
+
+
+def test_an_endpoint_lane_lost_mid_request_re_dispatches_it_once():
+    async def scenario():
+        endpoint = LaneEndpoint()
+        endpoint.hold = asyncio.Event()
+        router = await lane_router(endpoint)
+        waiting = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="r0"))
+        await until(lambda: endpoint.by_lane, "the attempt reached the endpoint")
+        endpoint.dead_address = True  # the "restarted" actor's lane does not answer
+        await endpoint.server.close()  # as when the actor dies
+        answer = await asyncio.wait_for(waiting, 30)
+        return answer, endpoint, router.counters
+
+    answer, endpoint, counters = asyncio.run(scenario())
+    assert answer.text == "ray:r0" and endpoint.by_lane == ["r0"] and endpoint.by_ray == ["r0"]
+    assert counters["succeeded"] == counters["submitted"] == 1 and counters["failed"] == 0
+
+
+def test_switching_lanes_off_lets_running_attempts_finish_on_their_lane():
+    async def scenario():
+        endpoint = LaneEndpoint()
+        endpoint.hold = asyncio.Event()
+        router = await lane_router(endpoint)
+        running = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="r0"))
+        await until(lambda: endpoint.by_lane, "the attempt reached the endpoint")
+        settings = await router.configure(direct_lane=False)
+        endpoint.hold.set()
+        first = await running
+        later = await router.chat("gpt-4o-mini", MSG, request_id="r1")
+        await endpoint.server.close()
+        return settings, first, later, endpoint, router.counters
+
+    settings, first, later, endpoint, counters = asyncio.run(scenario())
+    assert settings["direct_lane"] is False
+    assert first.text == "lane:r0" and later.text == "ray:r1"  # neither cancelled nor sent twice
+    assert endpoint.by_lane == ["r0"] and endpoint.by_ray == ["r1"]
+    assert counters["failovers"] == 0 and counters["cancelled"] == 0 and counters["succeeded"] == 2

@@ -13,18 +13,24 @@ request blobs an actor would otherwise get through ``request_packed`` or
 use the lane (not open yet, the actor restarted, the connection broke, a
 network that does not route to the actor) sends the same blob through that
 Ray method instead, so the lane is an optimisation and never a second
-behaviour.
+behaviour.  ``LaneUnavailable.kind`` tells the caller whether its request
+may have run ("broken") or certainly did not ("connect", "refused",
+"closed", "size").
 
-Security: the lane listens on the node's address, so every connection starts
-with a challenge.  The server sends a random nonce and the client answers
-HMAC-SHA256(secret, nonce).  The secret is made per server and reaches callers
-only through a Ray call (``lane_info``), that is only processes the cluster
-already trusts.  Nothing a connection sends is unpickled before it has
-answered the challenge, and only the caller's own blobs are unpickled after.
+Security: the lane listens on the node's address, so both ends prove they
+know a per-server secret before anything else: the server answers the
+client's nonce and the client the server's, each with HMAC-SHA256 over a
+label and the nonce.  The secret reaches callers only through a Ray call
+(``lane_info``), that is only processes the cluster already trusts.  Nothing
+is unpickled by either side before the other has proved itself, and frames
+are capped at MAX_PAYLOAD both ways.
 
-A caller that goes away cancels its requests: closing the connection cancels
-everything still running for it on the server, and an async caller that is
-cancelled sends a cancel frame for its one request.
+Lifecycle: a caller that goes away cancels its requests (a closed connection
+cancels everything still running for it, a cancelled async caller sends a
+cancel frame).  ``drain`` switches a server off gently: requests already
+running finish and are answered, new ones are refused unrun, and the
+connections close once idle.  TCP keepalive and a user timeout make a peer
+on a dead node show up as a broken connection instead of a silent hang.
 """
 from __future__ import annotations
 
@@ -46,13 +52,16 @@ log = logging.getLogger(__name__)
 #: a frame: call id, kind, payload length
 _HEADER = struct.Struct("!QBI")
 _NONCE_BYTES = 32
-_REQUEST, _CANCEL, _REPLY, _FAILED = 1, 2, 3, 4
-#: the largest payload a lane carries; a bigger request takes the Ray path
+_PROOF_BYTES = 32
+_REQUEST, _CANCEL, _REPLY, _FAILED, _REFUSED = 1, 2, 3, 4, 5
+#: the largest payload a lane carries, either way; a bigger request takes the Ray path
 MAX_PAYLOAD = 256 * 1024 * 1024
-#: a peer that has not answered the challenge by then is dropped
+#: a peer that has not proved itself by then is dropped
 HANDSHAKE_TIMEOUT_S = 5.0
 #: connecting to a lane that does not answer this fast means: use Ray instead
 CONNECT_TIMEOUT_S = 2.0
+#: a connection whose peer stops acknowledging (a dead node) breaks after about this long
+DEAD_PEER_S = 30
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 
@@ -60,10 +69,14 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 class LaneUnavailable(ConnectionError):
     """The lane could not carry the call: send it the Ray way instead.
 
-    ``kind`` says why: "connect" (the address does not answer: a network that
-    does not route to the actor, so stop trying for a while), "broken" (the
-    connection closed, the actor may have restarted: ask Ray for the new
-    address), "closed" (the client was closed) or "size" (too big for a frame).
+    ``kind`` says why and whether the request may have run:
+    "broken" (the connection closed with the request out: it may have run,
+    and the actor may have restarted, so ask Ray for the new address);
+    "connect" (the address does not answer or is not the actor: the request
+    was not sent; a network that does not route there, so wait before trying
+    again); "refused" (the actor is turning its lane off; not run);
+    "closed" (this client was closed; not sent); "size" (too big for a
+    frame; not sent, the lane is fine).
     """
 
     def __init__(self, message: str, kind: str) -> None:
@@ -83,17 +96,60 @@ class LaneAddress:
     secret: bytes = field(repr=False)
 
 
-def _answer(secret: bytes, nonce: bytes) -> bytes:
-    return hmac.new(secret, nonce, hashlib.sha256).digest()
+def _proof(secret: bytes, label: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, label + nonce, hashlib.sha256).digest()
 
 
 def _frame(call_id: int, kind: int, payload: bytes = b"") -> bytes:
     return _HEADER.pack(call_id, kind, len(payload)) + payload
 
 
+def _tune(sock: socket.socket | None) -> None:
+    """No Nagle delay; a dead peer breaks the connection within about DEAD_PEER_S."""
+    if sock is None:
+        return
+    options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", DEAD_PEER_S // 3), ("TCP_KEEPINTVL", DEAD_PEER_S // 6),
+                        ("TCP_KEEPCNT", 2), ("TCP_USER_TIMEOUT", DEAD_PEER_S * 1000)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            pass
+
+
+def node_host() -> str:
+    """The address the rest of the cluster reaches this process at (Ray's node IP)."""
+    try:
+        import ray.util
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside Ray (unit tests): loopback
+        return "127.0.0.1"
+
+
 # ---------------------------------------------------------------------------
 # Server: runs in the actor's event loop
 # ---------------------------------------------------------------------------
+
+class _Connection:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.running: dict[int, asyncio.Task] = {}
+        #: requests cancelled on purpose (cancel frame, connection gone): no answer is owed
+        self.withdrawn: set[int] = set()
+
+    def withdraw(self, call_id: int) -> None:
+        job = self.running.pop(call_id, None)
+        if job is not None:
+            self.withdrawn.add(call_id)
+            job.cancel()
+
+    def withdraw_all(self) -> None:
+        for call_id in list(self.running):
+            self.withdraw(call_id)
+
 
 class LaneServer:
     """Answers request frames with ``handler(payload)``; one task per request."""
@@ -103,7 +159,8 @@ class LaneServer:
         self._host = host
         self._secret = os.urandom(32)
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: dict[asyncio.Task, _Connection] = {}
+        self._draining = False
         self.address: LaneAddress | None = None
         self.served = 0
 
@@ -113,28 +170,39 @@ class LaneServer:
 
     async def start(self) -> LaneAddress:
         if self.address is None:
+            self._draining = False
             self._server = await asyncio.start_server(self._accept, self._host, 0)
             port = self._server.sockets[0].getsockname()[1]
             self.address = LaneAddress(self._host, port, self._secret)
         return self.address
 
-    async def close(self) -> None:
-        """Stop listening and drop every connection (their callers fall back to Ray)."""
+    def drain(self) -> None:
+        """Stop taking requests by lane without dropping any: running ones are answered,
+        new ones get "refused" (their callers use Ray), connections close once idle."""
         server, self._server, self.address = self._server, None, None
         if server is not None:
             server.close()
-        for task in list(self._connections):
+        self._draining = True
+        for task, conn in list(self._connections.items()):
+            if not conn.running:
+                task.cancel()
+
+    async def close(self) -> None:
+        """Stop now: every connection is dropped and its running requests cancelled."""
+        self.drain()
+        tasks = list(self._connections)
+        for task in tasks:
             task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
-        running: dict[int, asyncio.Task] = {}
+        conn = self._connections[task] = _Connection(writer)
+        _tune(writer.get_extra_info("socket"))
         try:
-            if not await self._challenge(reader, writer):
+            if not await self._handshake(reader, writer):
                 return
             while True:
                 call_id, kind, size = _HEADER.unpack(await reader.readexactly(_HEADER.size))
@@ -143,56 +211,69 @@ class LaneServer:
                     return
                 payload = await reader.readexactly(size) if size else b""
                 if kind == _REQUEST:
-                    running[call_id] = asyncio.ensure_future(self._run(call_id, payload, writer, running))
+                    if call_id in conn.running:
+                        log.warning("lane: dropping a connection that reused a call id")
+                        return
+                    if self._draining:
+                        writer.write(_frame(call_id, _REFUSED))
+                        continue
+                    conn.running[call_id] = asyncio.ensure_future(self._run(call_id, payload, conn))
                 elif kind == _CANCEL:
-                    job = running.pop(call_id, None)
-                    if job is not None:
-                        job.cancel()
+                    conn.withdraw(call_id)
                 else:
                     log.warning("lane: dropping a connection that sent frame kind %d", kind)
                     return
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass  # the caller went away
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+            pass  # the caller went away, or the server is closing
         finally:
-            self._connections.discard(task)
-            for job in running.values():  # nobody is left to read these answers
-                job.cancel()
+            del self._connections[task]
+            conn.withdraw_all()  # nobody is left to read these answers
             writer.close()
 
-    async def _challenge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         nonce = os.urandom(_NONCE_BYTES)
         writer.write(nonce)
         try:
-            answer = await asyncio.wait_for(reader.readexactly(32), HANDSHAKE_TIMEOUT_S)
+            hello = await asyncio.wait_for(reader.readexactly(_PROOF_BYTES + _NONCE_BYTES), HANDSHAKE_TIMEOUT_S)
         except asyncio.TimeoutError:
             return False
-        if not hmac.compare_digest(answer, _answer(self._secret, nonce)):
+        proof, client_nonce = hello[:_PROOF_BYTES], hello[_PROOF_BYTES:]
+        if not hmac.compare_digest(proof, _proof(self._secret, b"lane-client", nonce)):
             log.warning("lane: refused a connection that did not know the secret")
             return False
+        writer.write(_proof(self._secret, b"lane-server", client_nonce))
         return True
 
-    async def _run(self, call_id: int, payload: bytes, writer: asyncio.StreamWriter,
-                   running: dict[int, asyncio.Task]) -> None:
+    async def _run(self, call_id: int, payload: bytes, conn: _Connection) -> None:
         try:
             reply = _frame(call_id, _REPLY, await self._handler(payload))
         except asyncio.CancelledError:
-            return
+            if call_id in conn.withdrawn or conn.writer.is_closing():
+                conn.withdrawn.discard(call_id)
+                return  # withdrawn by its caller: no answer is owed
+            # cancelled by something inside the handler: the caller must not wait forever
+            reply = _frame(call_id, _FAILED, b"CancelledError: the request was cancelled inside the actor")
         except Exception as exc:  # noqa: BLE001 - the caller gets the failure, not a hang
             reply = _frame(call_id, _FAILED, f"{type(exc).__name__}: {exc}"[:2000].encode("utf-8", "replace"))
-        finally:
-            running.pop(call_id, None)
+        conn.running.pop(call_id, None)
         self.served += 1
-        if not writer.is_closing():
-            writer.write(reply)
-            try:
-                await writer.drain()
-            except (ConnectionError, OSError):
-                pass  # the connection is gone; its reader ends and cleans up
+        if conn.writer.is_closing():
+            return
+        conn.writer.write(reply)
+        if self._draining and not conn.running:
+            conn.writer.close()  # answered the last one: the connection's reader ends
+            return
+        try:
+            await conn.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the connection is gone; its reader ends and cleans up
 
 
-def _read_reply(kind: int, payload: bytes) -> bytes:
+def _reply(kind: int, payload: bytes) -> bytes:
     if kind == _FAILED:
         raise LaneCallFailed(payload.decode("utf-8", "replace"))
+    if kind == _REFUSED:
+        raise LaneUnavailable("the actor stopped taking requests by lane", "refused")
     return payload
 
 
@@ -201,7 +282,13 @@ def _read_reply(kind: int, payload: bytes) -> bytes:
 # ---------------------------------------------------------------------------
 
 class AsyncLaneClient:
-    """Calls over one connection from one event loop; answers arrive in any order."""
+    """Calls over one connection from one event loop; answers arrive in any order.
+
+    ``closed`` means "takes no new calls"; calls already out finish unless the
+    connection breaks.  Once it cannot carry calls any more it keeps no
+    reference to its event loop, so a client left in a dict keyed weakly by
+    its loop does not keep that loop alive.
+    """
 
     def __init__(self, address: LaneAddress) -> None:
         self.address = address
@@ -210,6 +297,7 @@ class AsyncLaneClient:
         self._writer: asyncio.StreamWriter | None = None
         self._connecting: asyncio.Future | None = None
         self._reader_task: asyncio.Task | None = None
+        self._retiring = False
         self.closed = False
 
     def __repr__(self) -> str:
@@ -220,6 +308,8 @@ class AsyncLaneClient:
         if len(payload) > MAX_PAYLOAD:
             raise LaneUnavailable("payload larger than a lane frame", "size")
         writer = await self._connected()
+        if self.closed or self._writer is not writer:  # the connection died while we waited for it
+            raise LaneUnavailable("the connection closed while opening", "connect")
         call_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = future
@@ -232,6 +322,14 @@ class AsyncLaneClient:
             raise
         finally:
             self._waiting.pop(call_id, None)
+            if self._retiring and not self._waiting:
+                self._fail("retired", "closed")
+
+    def retire(self) -> None:
+        """Take no new calls; close once the calls already out are answered."""
+        self.closed = self._retiring = True
+        if not self._waiting:
+            self._fail("retired", "closed")
 
     async def _connected(self) -> asyncio.StreamWriter:
         if self.closed:
@@ -244,16 +342,24 @@ class AsyncLaneClient:
             return await asyncio.shield(self._connecting)
         except LaneUnavailable:
             raise
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             self._fail(f"cannot connect: {type(exc).__name__}", "connect")
             raise LaneUnavailable(f"cannot connect: {type(exc).__name__}", "connect") from None
 
     async def _connect(self) -> asyncio.StreamWriter:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.address.host, self.address.port), CONNECT_TIMEOUT_S)
-        _no_delay(writer.get_extra_info("socket"))
-        nonce = await asyncio.wait_for(reader.readexactly(_NONCE_BYTES), CONNECT_TIMEOUT_S)
-        writer.write(_answer(self.address.secret, nonce))
+        try:
+            _tune(writer.get_extra_info("socket"))
+            nonce = await asyncio.wait_for(reader.readexactly(_NONCE_BYTES), CONNECT_TIMEOUT_S)
+            my_nonce = os.urandom(_NONCE_BYTES)
+            writer.write(_proof(self.address.secret, b"lane-client", nonce) + my_nonce)
+            proof = await asyncio.wait_for(reader.readexactly(_PROOF_BYTES), CONNECT_TIMEOUT_S)
+            if not hmac.compare_digest(proof, _proof(self.address.secret, b"lane-server", my_nonce)):
+                raise EOFError("the peer does not know the lane's secret")
+        except BaseException:
+            writer.close()
+            raise
         self._writer = writer
         self._reader_task = asyncio.ensure_future(self._read_replies(reader))
         return writer
@@ -262,13 +368,17 @@ class AsyncLaneClient:
         try:
             while True:
                 call_id, kind, size = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                if size > MAX_PAYLOAD:
+                    break
                 payload = await reader.readexactly(size) if size else b""
                 future = self._waiting.pop(call_id, None)
                 if future is None or future.done():
                     continue  # its caller was cancelled
                 try:
-                    future.set_result(_read_reply(kind, payload))
-                except LaneCallFailed as exc:
+                    future.set_result(_reply(kind, payload))
+                except (LaneCallFailed, LaneUnavailable) as exc:
+                    if isinstance(exc, LaneUnavailable):
+                        self.closed = True  # refused: the actor is turning its lane off
                     future.set_exception(exc)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
@@ -276,21 +386,28 @@ class AsyncLaneClient:
             self._fail("the connection closed before the answer came", "broken")
 
     def _fail(self, why: str, kind: str) -> None:
-        """The connection is gone: every waiting caller learns it, and the client is
-        spent (the actor may have moved; its owner asks Ray for the new address)."""
+        """Close: every waiting caller learns it, and the client lets go of its loop."""
         self.closed = True
-        if self._writer is not None:
-            self._writer.close()
+        writer, self._writer, self._connecting = self._writer, None, None
+        reader_task, self._reader_task = self._reader_task, None
+        if writer is not None:
+            writer.close()
+        if reader_task is not None and reader_task is not asyncio.current_task():
+            reader_task.cancel()
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
                 future.set_exception(LaneUnavailable(why, kind))
 
+    def abort(self) -> None:
+        """Close now (from the client's event loop); calls out get LaneUnavailable."""
+        self._fail("lane closed", "broken")
+
     async def close(self) -> None:
-        self._fail("lane closed", "closed")
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            await asyncio.gather(self._reader_task, return_exceptions=True)
+        reader_task = self._reader_task
+        self.abort()
+        if reader_task is not None:
+            await asyncio.gather(reader_task, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------
@@ -323,9 +440,11 @@ class LaneClient:
             sock.sendall(_frame(call_id, _REQUEST, payload))
             while True:
                 got_id, kind, size = _HEADER.unpack(_recv_exactly(sock, _HEADER.size))
+                if size > MAX_PAYLOAD:
+                    raise EOFError("oversized reply")
                 reply = _recv_exactly(sock, size) if size else b""
                 if got_id == call_id:
-                    return _read_reply(kind, reply)
+                    break
         except (OSError, EOFError) as exc:
             self._drop(sock)
             self.closed = True  # the actor may have restarted elsewhere: its owner asks Ray again
@@ -333,6 +452,10 @@ class LaneClient:
         except BaseException:
             self._drop(sock)  # interrupted mid-call: the server cancels the request
             raise
+        if kind == _REFUSED:
+            self._drop(sock)
+            self.closed = True
+        return _reply(kind, reply)
 
     def _socket(self) -> socket.socket:
         if self.closed:
@@ -342,12 +465,21 @@ class LaneClient:
             return sock
         try:
             sock = socket.create_connection((self.address.host, self.address.port), timeout=CONNECT_TIMEOUT_S)
+        except OSError as exc:
+            self.closed = True
+            raise LaneUnavailable(f"cannot connect: {type(exc).__name__}", "connect") from None
+        try:
+            _tune(sock)
             nonce = _recv_exactly(sock, _NONCE_BYTES)
-            sock.sendall(_answer(self.address.secret, nonce))
+            my_nonce = os.urandom(_NONCE_BYTES)
+            sock.sendall(_proof(self.address.secret, b"lane-client", nonce) + my_nonce)
+            proof = _recv_exactly(sock, _PROOF_BYTES)
+            if not hmac.compare_digest(proof, _proof(self.address.secret, b"lane-server", my_nonce)):
+                raise EOFError("the peer does not know the lane's secret")
             sock.settimeout(None)
-            _no_delay(sock)
         except (OSError, EOFError) as exc:
-            self.closed = True  # the actor may have moved: its owner asks Ray again
+            sock.close()
+            self.closed = True  # not the actor any more (or not answering): its owner asks Ray again
             raise LaneUnavailable(f"cannot connect: {type(exc).__name__}", "connect") from None
         self._local.sock = sock
         with self._lock:
@@ -366,15 +498,6 @@ class LaneClient:
             sock.close()
 
 
-def node_host() -> str:
-    """The address the rest of the cluster reaches this process at (Ray's node IP)."""
-    try:
-        import ray.util
-        return ray.util.get_node_ip_address()
-    except Exception:  # noqa: BLE001 - outside Ray (unit tests): loopback
-        return "127.0.0.1"
-
-
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     chunks = []
     while n:
@@ -384,11 +507,3 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
-
-
-def _no_delay(sock: socket.socket | None) -> None:
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass

@@ -62,8 +62,10 @@ _PACKED_REQUESTS = frozenset({"chat", "complete", "embed", "call"})
 REQUEST_REPLY_LINGER_S = 0.001
 #: a restarting endpoint actor is left alone this long before the next try
 ACTOR_RESTART_PAUSE_S = 0.2
-#: after a failed attempt to open an endpoint's lane, its requests take Ray calls this long
+#: after an endpoint's lane could not be opened, its requests take Ray calls this long,
+#: doubling with each failure in a row up to the max
 LANE_REOPEN_PAUSE_S = 1.0
+LANE_REOPEN_MAX_S = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -97,10 +99,12 @@ class _Slot:
         self.lane: AsyncLaneClient | None = None
         self.lane_opening: asyncio.Task | None = None
         self.lane_retry_at = 0.0
+        self.lane_failures = 0
 
     def close_lane(self) -> None:
+        """New attempts go by Ray; the ones already on the lane finish there."""
         if self.lane is not None:
-            asyncio.ensure_future(self.lane.close())
+            self.lane.retire()
             self.lane = None
 
     def serves(self, model: str | None) -> bool:
@@ -364,7 +368,7 @@ class RouterActor:
             value = settings.pop("direct_lane")
             if not isinstance(value, bool):
                 raise errors.ConfigError(f"direct_lane must be true or false, got {value!r}")
-            await self._set_direct_lane(value)
+            self._set_direct_lane(value)
         if settings:
             raise errors.ConfigError(f"unknown router settings: {', '.join(sorted(settings))}")
         return {"queue_size": self.bound.maxsize, "strategy": self.strategy.name, "direct_lane": self.direct_lane,
@@ -462,12 +466,13 @@ class RouterActor:
         self.counters["lane_requests"] += 1
         return await self.request_packed(call)
 
-    async def _set_direct_lane(self, on: bool) -> None:
+    def _set_direct_lane(self, on: bool) -> None:
         self.direct_lane = on
         if not on:
+            # gently: requests already on a lane finish there, new ones go by Ray
             server, self._lane = self._lane, None
             if server is not None:
-                await server.close()  # connected Gateways fall back to Ray calls
+                server.drain()
             for slot in self._slots.values():
                 slot.close_lane()
         else:
@@ -477,13 +482,14 @@ class RouterActor:
     def _open_lane(self, slot: _Slot) -> None:
         """Ask the endpoint actor for its lane in the background; until it is open
         (and whenever it breaks) attempts go as Ray calls."""
-        if not self.direct_lane or slot.lane_opening is not None or time.monotonic() < slot.lane_retry_at:
+        if (not self.direct_lane or slot.lane_opening is not None or time.monotonic() < slot.lane_retry_at
+                or (slot.lane is not None and not slot.lane.closed)):
             return
 
         async def open_lane() -> None:
             try:
                 address = await slot.handle.lane_info.remote()
-                if self.direct_lane and self._slots.get(slot.id) is slot:
+                if self.direct_lane and self._slots.get(slot.id) is slot and address is not None:
                     slot.lane = AsyncLaneClient(address)
             except Exception as exc:  # noqa: BLE001 - the Ray path keeps working meanwhile
                 slot.lane_retry_at = time.monotonic() + LANE_REOPEN_PAUSE_S
@@ -872,18 +878,20 @@ class RouterActor:
             return
         for _, job, _ in sendable:
             job.sent = True
+        self.counters["attempts"] += len(sendable)
         lane = slot.lane
         if lane is not None and lane.closed:
             slot.lane = lane = None
-        if lane is not None:
-            self.counters["attempts"] += len(sendable)
-            self.counters["lane_attempts"] += len(sendable)
-            for call, job, future in sendable:
-                self._attempt_by_lane(slot, lane, job, call, future)
+        if lane is None:
+            self._open_lane(slot)
+            self._send_by_ray(slot, sendable)
             return
-        self._open_lane(slot)
+        self.counters["lane_attempts"] += len(sendable)
+        for call, job, future in sendable:
+            self._attempt_by_lane(slot, lane, job, call, future)
+
+    def _send_by_ray(self, slot: _Slot, sendable: list[tuple[bytes, _Job, asyncio.Future]]) -> None:
         self.counters["endpoint_calls"] += 1
-        self.counters["attempts"] += len(sendable)
         if len(sendable) == 1:
             call, job, future = sendable[0]
             asyncio.ensure_future(self._settle_one(slot, job, slot.handle.execute_packed.remote(call), future))
@@ -893,23 +901,41 @@ class RouterActor:
 
     def _attempt_by_lane(self, slot: _Slot, lane: AsyncLaneClient, job: _Job, call: bytes,
                          future: asyncio.Future) -> None:
-        """One attempt over the lane; a caller that leaves cancels it in the endpoint too."""
+        """One attempt over the lane; a caller that leaves cancels it in the endpoint too.
+        An attempt the lane could not send goes by Ray as it is; one the lane lost
+        after sending counts as the actor gone (re-dispatched, as on the Ray path)."""
         async def attempt() -> None:
             try:
                 blob = await lane.call(call)
             except asyncio.CancelledError:
                 return
             except LaneUnavailable as exc:
-                if slot.lane is lane:
-                    slot.lane = None  # broken: the next attempt asks Ray (which waits for a restart)
-                settle(future, error=exc)
+                if exc.kind != "size":
+                    self._lane_lost(slot, lane, exc.kind)
+                if exc.kind == "broken":
+                    settle(future, error=exc)
+                elif not future.done():
+                    self.counters["lane_attempts"] -= 1
+                    self._send_by_ray(slot, [(call, job, future)])
             except Exception as exc:  # noqa: BLE001 - LaneCallFailed: the caller decides
                 settle(future, error=exc)
             else:
+                slot.lane_failures = 0
                 settle(future, value=wire.unpack_or(blob, self._unreadable(slot, job)))
 
         task = asyncio.ensure_future(attempt())
         future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+
+    def _lane_lost(self, slot: _Slot, lane: AsyncLaneClient, why: str) -> None:
+        """Stop using ``lane``: after "broken" ask Ray for the address again (it waits for a
+        restarted actor); after "connect" back off, doubling up to a minute."""
+        if slot.lane is lane:
+            slot.lane = None
+            lane.retire()
+        if why == "connect":
+            slot.lane_failures += 1
+            slot.lane_retry_at = time.monotonic() + min(LANE_REOPEN_MAX_S,
+                                                        LANE_REOPEN_PAUSE_S * 2 ** (slot.lane_failures - 1))
 
     @staticmethod
     def _unreadable(slot: _Slot, job: _Job) -> Callable[[Exception], Outcome]:
