@@ -138,7 +138,15 @@ class Gateway:
     def _close_lanes(self) -> None:
         if self._lane is not None:
             self._lane.close()
-        for loop, lane in list(self._alanes.items()):
+        for _ in range(3):  # another thread may add a loop's lane meanwhile
+            try:
+                lanes = list(self._alanes.items())
+                break
+            except RuntimeError:
+                continue
+        else:
+            lanes = []
+        for loop, lane in lanes:
             if not loop.is_closed():
                 try:
                     loop.call_soon_threadsafe(lane.abort)
@@ -228,19 +236,24 @@ class Gateway:
         """The router's answer over the lane; None: send it by Ray instead."""
         lane = self._lane
         if lane is None or lane.closed:
-            with self._lane_lock:  # threads starting at once ask the router once
+            # one thread asks the router; the others meanwhile go by Ray, not wait
+            if not self._lane_lock.acquire(blocking=False):
+                return None
+            try:
                 lane = self._lane
                 if lane is None or lane.closed:
                     address = self._lane_address or self._fetch_lane_address()
                     if address is None:
                         return None
                     lane = self._lane = LaneClient(address)
+            finally:
+                self._lane_lock.release()
         try:
             answer = lane.call(call)
             self._lane_unreachable = 0
             return answer
         except LaneUnavailable as exc:
-            self._lane_failed(exc)
+            self._lane_failed(exc, current=self._lane is lane)
             return None
         except LaneCallFailed as exc:
             raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
@@ -260,23 +273,32 @@ class Gateway:
             self._lane_unreachable = 0
             return answer
         except LaneUnavailable as exc:
-            self._lane_failed(exc)
+            current = self._alanes.get(loop) is lane
+            if current and exc.kind != "size":
+                self._alanes.pop(loop, None)
+            self._lane_failed(exc, current=current)
             return None
         except LaneCallFailed as exc:
             raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
 
-    def _lane_failed(self, exc: LaneUnavailable) -> None:
-        """This request now goes by Ray; decide what the next one does.  A request the
-        lane lost after sending ("broken") may have started in the router, but a closed
-        connection cancels it there, and a router that died never answered it: sending
-        it again is what Ray's own retry of a dead actor's task would do."""
-        if exc.kind == "size":
-            return  # this one request is too big for a frame; the lane is fine
+    def _lane_failed(self, exc: LaneUnavailable, *, current: bool) -> None:
+        """This request now goes by Ray; decide what the next one does (the first caller
+        to see a lane fail decides, not every caller that was waiting on it).
+
+        A request the lane lost after sending ("broken") is sent again by Ray, as Ray
+        itself re-sends a task whose actor died: if the router had started it, the
+        closed connection cancelled it there, though an attempt already on its way
+        upstream may still have reached the provider."""
+        if exc.kind == "size" or not current:
+            return  # too big for a frame (the lane is fine), or already decided
         self._lane_address = None  # ask the router again (by Ray, which waits for a restart)
-        if exc.kind == "connect":  # this address does not answer: leave it alone for a while
+        if exc.kind == "connect":
+            # once: a restarted router listens elsewhere, so just ask again; twice in a
+            # row: this address does not answer (a network that does not route there)
             self._lane_unreachable += 1
-            self._lane_retry_at = time.monotonic() + min(LANE_RETRY_MAX_S,
-                                                         LANE_RETRY_S * 2 ** (self._lane_unreachable - 1))
+            if self._lane_unreachable > 1:
+                self._lane_retry_at = time.monotonic() + min(
+                    LANE_RETRY_MAX_S, LANE_RETRY_S * 2 ** (self._lane_unreachable - 2))
         elif exc.kind == "refused":  # the router is turning lanes off
             self._lane_retry_at = time.monotonic() + LANE_RETRY_S
 

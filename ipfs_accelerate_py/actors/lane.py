@@ -62,6 +62,10 @@ HANDSHAKE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 #: a connection whose peer stops acknowledging (a dead node) breaks after about this long
 DEAD_PEER_S = 30
+#: a draining server closes an idle connection this long after its last answer, so that
+#: answer is read before the close (closing with unread input would reset the connection
+#: and could destroy an answer still on its way)
+DRAIN_GRACE_S = 1.0
 
 Handler = Callable[[bytes], Awaitable[bytes]]
 
@@ -136,19 +140,31 @@ def node_host() -> str:
 class _Connection:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
+        #: the requests running for this connection; one withdrawn on purpose (cancel
+        #: frame, connection gone) leaves it first, and is owed no answer
         self.running: dict[int, asyncio.Task] = {}
-        #: requests cancelled on purpose (cancel frame, connection gone): no answer is owed
-        self.withdrawn: set[int] = set()
+        self._closing: asyncio.TimerHandle | None = None
 
     def withdraw(self, call_id: int) -> None:
         job = self.running.pop(call_id, None)
         if job is not None:
-            self.withdrawn.add(call_id)
             job.cancel()
 
     def withdraw_all(self) -> None:
         for call_id in list(self.running):
             self.withdraw(call_id)
+
+    def close_when_idle(self) -> None:
+        """Close after DRAIN_GRACE_S unless a request is running by then."""
+        if self._closing is None and not self.running:
+            self._closing = asyncio.get_running_loop().call_later(DRAIN_GRACE_S, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._closing = None
+        if not self.running:
+            self.writer.close()  # the connection's reader ends and cleans up
+        else:
+            self.close_when_idle()
 
 
 class LaneServer:
@@ -183,9 +199,8 @@ class LaneServer:
         if server is not None:
             server.close()
         self._draining = True
-        for task, conn in list(self._connections.items()):
-            if not conn.running:
-                task.cancel()
+        for conn in self._connections.values():
+            conn.close_when_idle()
 
     async def close(self) -> None:
         """Stop now: every connection is dropped and its running requests cancelled."""
@@ -216,6 +231,7 @@ class LaneServer:
                         return
                     if self._draining:
                         writer.write(_frame(call_id, _REFUSED))
+                        conn.close_when_idle()
                         continue
                     conn.running[call_id] = asyncio.ensure_future(self._run(call_id, payload, conn))
                 elif kind == _CANCEL:
@@ -229,6 +245,8 @@ class LaneServer:
             del self._connections[task]
             conn.withdraw_all()  # nobody is left to read these answers
             writer.close()
+            if conn._closing is not None:
+                conn._closing.cancel()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         nonce = os.urandom(_NONCE_BYTES)
@@ -246,23 +264,26 @@ class LaneServer:
 
     async def _run(self, call_id: int, payload: bytes, conn: _Connection) -> None:
         try:
-            reply = _frame(call_id, _REPLY, await self._handler(payload))
+            answer = await self._handler(payload)
+            if len(answer) > MAX_PAYLOAD:
+                raise ValueError(f"the {len(answer)}-byte answer is larger than a lane frame")
+            reply = _frame(call_id, _REPLY, answer)
         except asyncio.CancelledError:
-            if call_id in conn.withdrawn or conn.writer.is_closing():
-                conn.withdrawn.discard(call_id)
+            if conn.running.get(call_id) is not asyncio.current_task() or conn.writer.is_closing():
                 return  # withdrawn by its caller: no answer is owed
             # cancelled by something inside the handler: the caller must not wait forever
             reply = _frame(call_id, _FAILED, b"CancelledError: the request was cancelled inside the actor")
         except Exception as exc:  # noqa: BLE001 - the caller gets the failure, not a hang
             reply = _frame(call_id, _FAILED, f"{type(exc).__name__}: {exc}"[:2000].encode("utf-8", "replace"))
-        conn.running.pop(call_id, None)
-        self.served += 1
+        finally:
+            if conn.running.get(call_id) is asyncio.current_task():
+                del conn.running[call_id]
+            if self._draining:
+                conn.close_when_idle()
         if conn.writer.is_closing():
             return
         conn.writer.write(reply)
-        if self._draining and not conn.running:
-            conn.writer.close()  # answered the last one: the connection's reader ends
-            return
+        self.served += 1
         try:
             await conn.writer.drain()
         except (ConnectionError, OSError):
@@ -299,6 +320,7 @@ class AsyncLaneClient:
         self._reader_task: asyncio.Task | None = None
         self._retiring = False
         self.closed = False
+        self._closed_kind = "closed"
 
     def __repr__(self) -> str:
         return f"AsyncLaneClient({self.address.host}:{self.address.port}, in_flight={len(self._waiting)})"
@@ -308,8 +330,8 @@ class AsyncLaneClient:
         if len(payload) > MAX_PAYLOAD:
             raise LaneUnavailable("payload larger than a lane frame", "size")
         writer = await self._connected()
-        if self.closed or self._writer is not writer:  # the connection died while we waited for it
-            raise LaneUnavailable("the connection closed while opening", "connect")
+        if self.closed or self._writer is not writer:  # closed while we waited for the connection
+            raise LaneUnavailable("the lane closed while opening", "closed" if self._retiring else "connect")
         call_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = future
@@ -357,6 +379,8 @@ class AsyncLaneClient:
             proof = await asyncio.wait_for(reader.readexactly(_PROOF_BYTES), CONNECT_TIMEOUT_S)
             if not hmac.compare_digest(proof, _proof(self.address.secret, b"lane-server", my_nonce)):
                 raise EOFError("the peer does not know the lane's secret")
+            if self.closed:  # retired or closed while this connection was opening
+                raise LaneUnavailable("the lane closed while opening", "closed")
         except BaseException:
             writer.close()
             raise
@@ -377,9 +401,9 @@ class AsyncLaneClient:
                 try:
                     future.set_result(_reply(kind, payload))
                 except (LaneCallFailed, LaneUnavailable) as exc:
-                    if isinstance(exc, LaneUnavailable):
-                        self.closed = True  # refused: the actor is turning its lane off
                     future.set_exception(exc)
+                    if isinstance(exc, LaneUnavailable):
+                        self.retire()  # refused: the actor is turning its lane off
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:  # closed, broken, or its event loop is shutting down

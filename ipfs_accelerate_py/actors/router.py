@@ -200,10 +200,11 @@ class RouterActor:
                          # callers that left before their answer (submitted = succeeded + failed +
                          # cancelled); of those, how many had an attempt already sent upstream
                          "cancelled": 0, "cancelled_in_flight": 0,
-                         # upstream attempts and the actor calls that carried them (see _execute)
-                         "attempts": 0, "endpoint_calls": 0,
-                         # of those, the ones carried by direct lanes, and requests that came by lane
-                         "lane_attempts": 0, "lane_requests": 0}
+                         # upstream attempts; of those, the ones carried by direct lanes (lane.py),
+                         # and the Ray actor calls that carried the others (see _execute)
+                         "attempts": 0, "lane_attempts": 0, "endpoint_calls": 0,
+                         # requests that reached this router by lane
+                         "lane_requests": 0}
         self._ready: asyncio.Task | None = None
         self._startups: set[asyncio.Task] = set()
         self._batcher: Any = None
@@ -881,6 +882,7 @@ class RouterActor:
         self.counters["attempts"] += len(sendable)
         lane = slot.lane
         if lane is not None and lane.closed:
+            lane.retire()
             slot.lane = lane = None
         if lane is None:
             self._open_lane(slot)
@@ -914,11 +916,17 @@ class RouterActor:
                     self._lane_lost(slot, lane, exc.kind)
                 if exc.kind == "broken":
                     settle(future, error=exc)
-                elif not future.done():
-                    self.counters["lane_attempts"] -= 1
+                    return
+                self.counters["lane_attempts"] -= 1  # this attempt never left by lane
+                if future.done():  # its caller left meanwhile: no attempt at all
+                    self.counters["attempts"] -= 1
+                else:
                     self._send_by_ray(slot, [(call, job, future)])
-            except Exception as exc:  # noqa: BLE001 - LaneCallFailed: the caller decides
-                settle(future, error=exc)
+            except Exception as exc:  # noqa: BLE001 - LaneCallFailed: the endpoint failed it
+                # not retried: it may have been served upstream (an answer too big for a frame)
+                settle(future, error=errors.ProviderError(
+                    f"endpoint {slot.id} failed the attempt: {errors.redact(str(exc))[:500]}", retryable=False,
+                    endpoint_id=slot.id, request_id=job.request_id))
             else:
                 slot.lane_failures = 0
                 settle(future, value=wire.unpack_or(blob, self._unreadable(slot, job)))
@@ -927,15 +935,18 @@ class RouterActor:
         future.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
 
     def _lane_lost(self, slot: _Slot, lane: AsyncLaneClient, why: str) -> None:
-        """Stop using ``lane``: after "broken" ask Ray for the address again (it waits for a
-        restarted actor); after "connect" back off, doubling up to a minute."""
-        if slot.lane is lane:
-            slot.lane = None
-            lane.retire()
+        """Stop using ``lane`` (the first of its callers to fail decides) and ask Ray for the
+        address again: a restarted actor listens somewhere else.  An address that does
+        not answer twice in a row is left alone for a while, doubling up to a minute."""
+        if slot.lane is not lane:
+            return
+        slot.lane = None
+        lane.retire()
         if why == "connect":
             slot.lane_failures += 1
-            slot.lane_retry_at = time.monotonic() + min(LANE_REOPEN_MAX_S,
-                                                        LANE_REOPEN_PAUSE_S * 2 ** (slot.lane_failures - 1))
+            if slot.lane_failures > 1:
+                slot.lane_retry_at = time.monotonic() + min(
+                    LANE_REOPEN_MAX_S, LANE_REOPEN_PAUSE_S * 2 ** (slot.lane_failures - 2))
 
     @staticmethod
     def _unreadable(slot: _Slot, job: _Job) -> Callable[[Exception], Outcome]:
