@@ -513,6 +513,7 @@ def run_chaos(gw: ia.Gateway, fake: Any, keys: dict[str, str], workdir: str | os
     seen: dict[str, int] = {}
     error_types: dict[str, int] = {}
     by_endpoint: dict[str, int] = {}
+    error_samples: list[str] = []
     with open(out, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             try:
@@ -528,6 +529,8 @@ def run_chaos(gw: ia.Gateway, fake: Any, keys: dict[str, str], workdir: str | os
             if row.get("error") is not None:
                 err = row["error"]
                 error_types[err.get("type", "?")] = error_types.get(err.get("type", "?"), 0) + 1
+                if len(error_samples) < 3:
+                    error_samples.append(f"{cid}: {err.get('message', '')[:300]}")
                 if err.get("code") in ("internal_error", "ray_error"):
                     problems.append(f"{cid}: untyped failure {err.get('message', '')[:200]}")
                 continue
@@ -546,7 +549,8 @@ def run_chaos(gw: ia.Gateway, fake: Any, keys: dict[str, str], workdir: str | os
         problems.append(f"{len(dupes)} custom_ids have more than one result (e.g. {dupes[:3]})")
     failed_bulk = sum(error_types.values())
     if failed_bulk:
-        problems.append(f"{failed_bulk} bulk requests failed although a healthy key was up: {error_types}")
+        problems.append(f"{failed_bulk} bulk requests failed although a healthy key was up: {error_types} "
+                        f"(e.g. {error_samples})")
     # -- streams: each attempt ends once; typed errors only; retried streams all end complete
     attempt_results: dict[str, int] = {}
     stream_error_types: dict[str, int] = {}

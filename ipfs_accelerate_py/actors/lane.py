@@ -230,7 +230,7 @@ class LaneServer:
                         log.warning("lane: dropping a connection that reused a call id")
                         return
                     if self._draining:
-                        writer.write(_frame(call_id, _REFUSED))
+                        _write(writer, _frame(call_id, _REFUSED))
                         conn.close_when_idle()
                         continue
                     conn.running[call_id] = asyncio.ensure_future(self._run(call_id, payload, conn))
@@ -239,7 +239,7 @@ class LaneServer:
                 else:
                     log.warning("lane: dropping a connection that sent frame kind %d", kind)
                     return
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, RuntimeError, asyncio.CancelledError):
             pass  # the caller went away, or the server is closing
         finally:
             del self._connections[task]
@@ -280,14 +280,26 @@ class LaneServer:
                 del conn.running[call_id]
             if self._draining:
                 conn.close_when_idle()
-        if conn.writer.is_closing():
-            return
-        conn.writer.write(reply)
+        if not _write(conn.writer, reply):
+            return  # the connection is gone; its reader ends and cleans up
         self.served += 1
         try:
             await conn.writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the connection is gone; its reader ends and cleans up
+        except (ConnectionError, OSError, RuntimeError):
+            pass  # as above
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """Write unless the connection is gone; False if it is.  (uvloop, which Ray runs
+    actors on, raises RuntimeError for a write on a closed transport where asyncio's
+    own loop only logs.)"""
+    if writer.is_closing():
+        return False
+    try:
+        writer.write(data)
+    except (RuntimeError, ConnectionError, OSError):
+        return False
+    return True
 
 
 def _reply(kind: int, payload: bytes) -> bytes:
@@ -336,11 +348,12 @@ class AsyncLaneClient:
         future = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = future
         try:
-            writer.write(_frame(call_id, _REQUEST, payload))
+            if not _write(writer, _frame(call_id, _REQUEST, payload)):
+                self._fail("the connection closed", "broken")
             return await future
         except asyncio.CancelledError:
-            if self._waiting.pop(call_id, None) is not None and not writer.is_closing():
-                writer.write(_frame(call_id, _CANCEL))
+            if self._waiting.pop(call_id, None) is not None:
+                _write(writer, _frame(call_id, _CANCEL))
             raise
         finally:
             self._waiting.pop(call_id, None)
@@ -364,7 +377,7 @@ class AsyncLaneClient:
             return await asyncio.shield(self._connecting)
         except LaneUnavailable:
             raise
-        except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (OSError, EOFError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             self._fail(f"cannot connect: {type(exc).__name__}", "connect")
             raise LaneUnavailable(f"cannot connect: {type(exc).__name__}", "connect") from None
 

@@ -246,10 +246,14 @@ class RouterActor:
             while slot.id in self._slots and not slot.up:
                 try:
                     await slot.handle.ready.remote()
-                    slot.up = True
                 except Exception:  # noqa: BLE001 - still starting or restarting; ask again
                     await asyncio.sleep(0.2)
-            self._open_lane(slot)
+                    continue
+                # its lane first, so that the first requests already take it
+                self._open_lane(slot)
+                if slot.lane_opening is not None:
+                    await asyncio.shield(slot.lane_opening)
+                slot.up = True
             self._pump()
 
         task = asyncio.ensure_future(wait_up())
