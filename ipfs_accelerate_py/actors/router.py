@@ -47,7 +47,7 @@ from ..types import (STREAMING_OPERATIONS, ChatRequest, ChatResponse, EmbeddingR
                      validate_sampling_params)
 from . import metrics, naming, wire
 from .coalesce import Outbox, finished_groups, settle, settle_from_stream
-from .lane import AsyncLaneClient, LaneAddress, LaneServer, LaneUnavailable, node_host
+from .lane import AsyncLaneClient, LaneAddress, LaneCallFailed, LaneServer, LaneUnavailable, node_host
 from ._errors import unwrap
 from .endpoint import EndpointActor, Outcome
 
@@ -66,6 +66,10 @@ ACTOR_RESTART_PAUSE_S = 0.2
 #: doubling with each failure in a row up to the max
 LANE_REOPEN_PAUSE_S = 1.0
 LANE_REOPEN_MAX_S = 60.0
+#: asking an endpoint actor for its lane gives up after this long (Ray calls meanwhile)
+LANE_INFO_TIMEOUT_S = 5.0
+#: how long a starting endpoint waits for its lane before taking requests by Ray
+LANE_OPEN_WAIT_S = 2.0
 
 
 # ---------------------------------------------------------------------------
@@ -249,10 +253,11 @@ class RouterActor:
                 except Exception:  # noqa: BLE001 - still starting or restarting; ask again
                     await asyncio.sleep(0.2)
                     continue
-                # its lane first, so that the first requests already take it
+                # its lane first, so that the first requests already take it (a lane that is
+                # slow to open keeps opening in the background; requests go by Ray meanwhile)
                 self._open_lane(slot)
                 if slot.lane_opening is not None:
-                    await asyncio.shield(slot.lane_opening)
+                    await asyncio.wait({slot.lane_opening}, timeout=LANE_OPEN_WAIT_S)
                 slot.up = True
             self._pump()
 
@@ -493,7 +498,7 @@ class RouterActor:
 
         async def open_lane() -> None:
             try:
-                address = await slot.handle.lane_info.remote()
+                address = await asyncio.wait_for(slot.handle.lane_info.remote(), LANE_INFO_TIMEOUT_S)
                 if self.direct_lane and self._slots.get(slot.id) is slot and address is not None:
                     slot.lane = AsyncLaneClient(address)
             except Exception as exc:  # noqa: BLE001 - the Ray path keeps working meanwhile
@@ -926,11 +931,16 @@ class RouterActor:
                     self.counters["attempts"] -= 1
                 else:
                     self._send_by_ray(slot, [(call, job, future)])
-            except Exception as exc:  # noqa: BLE001 - LaneCallFailed: the endpoint failed it
-                # not retried: it may have been served upstream (an answer too big for a frame)
+            except LaneCallFailed as exc:
+                # the endpoint failed it; not retried: it may have been served upstream
+                # (an answer too big for a frame)
                 settle(future, error=errors.ProviderError(
                     f"endpoint {slot.id} failed the attempt: {errors.redact(str(exc))[:500]}", retryable=False,
                     endpoint_id=slot.id, request_id=job.request_id))
+            except Exception as exc:  # noqa: BLE001 - anything else: treat the lane as broken
+                log.warning("endpoint %s: lane failed unexpectedly: %s", slot.id, type(exc).__name__)
+                self._lane_lost(slot, lane, "broken")
+                settle(future, error=LaneUnavailable(f"lane failed: {type(exc).__name__}", "broken"))
             else:
                 slot.lane_failures = 0
                 settle(future, value=wire.unpack_or(blob, self._unreadable(slot, job)))
