@@ -20,6 +20,7 @@ import pytest
 from ipfs_accelerate_py.actors import lane as lane_module
 from ipfs_accelerate_py.actors.lane import (AsyncLaneClient, LaneAddress, LaneCallFailed, LaneClient, LaneServer,
                                             LaneUnavailable)
+from waiting import wait_until
 
 MSG = [{"role": "user", "content": "hello lane"}]
 
@@ -50,6 +51,13 @@ class Recorder:
 async def started(handler: Recorder) -> tuple[LaneServer, LaneAddress]:
     server = LaneServer(handler)
     return server, await server.start()
+
+
+async def holding() -> tuple[Recorder, LaneServer, LaneAddress]:
+    """A server whose handler holds "hold..." requests until ``handler.hold`` is set."""
+    handler = Recorder()
+    handler.hold = asyncio.Event()
+    return (handler, *await started(handler))
 
 
 async def until(predicate, what: str, tries: int = 500) -> None:
@@ -129,9 +137,7 @@ def test_a_client_never_talks_to_a_server_that_cannot_prove_the_secret():
 
 def test_a_cancelled_caller_cancels_its_request_in_the_server_and_the_connection_lives_on():
     async def scenario():
-        handler = Recorder()
-        handler.hold = asyncio.Event()
-        server, address = await started(handler)
+        handler, server, address = await holding()
         client = AsyncLaneClient(address)
         waiting = asyncio.ensure_future(client.call(b"hold-1"))
         await until(lambda: handler.seen, "the request reached the handler")
@@ -149,9 +155,7 @@ def test_a_cancelled_caller_cancels_its_request_in_the_server_and_the_connection
 
 def test_a_closed_connection_fails_every_waiting_call_and_cancels_their_work():
     async def scenario():
-        handler = Recorder()
-        handler.hold = asyncio.Event()
-        server, address = await started(handler)
+        handler, server, address = await holding()
         client = AsyncLaneClient(address)
         calls = [asyncio.ensure_future(client.call(f"hold-{i}".encode())) for i in range(3)]
         await until(lambda: len(handler.seen) == 3, "three requests in the handler")
@@ -210,9 +214,7 @@ def test_a_connection_that_dies_right_after_the_handshake_fails_the_first_call_i
 
 def test_draining_answers_what_runs_refuses_what_comes_and_closes_idle_connections():
     async def scenario():
-        handler = Recorder()
-        handler.hold = asyncio.Event()
-        server, address = await started(handler)
+        handler, server, address = await holding()
         busy, idle = AsyncLaneClient(address), AsyncLaneClient(address)
         assert await idle.call(b"warm") == b"re:warm"
         running = asyncio.ensure_future(busy.call(b"hold-big"))
@@ -235,9 +237,7 @@ def test_draining_answers_what_runs_refuses_what_comes_and_closes_idle_connectio
 
 def test_a_peer_that_reuses_a_running_call_id_is_dropped():
     async def scenario():
-        handler = Recorder()
-        handler.hold = asyncio.Event()
-        server, address = await started(handler)
+        handler, server, address = await holding()
         client = AsyncLaneClient(address)
         first = asyncio.ensure_future(client.call(b"hold-a"))
         await until(lambda: handler.seen, "the first request runs")
@@ -429,15 +429,6 @@ def endpoint(fake, eid: str, **kw) -> dict:
             "models": ["gpt-4o-mini"], **kw}
 
 
-def wait_until(predicate, what: str, tries: int = 1000, pause: float = 0.01):
-    for _ in range(tries):
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-    raise AssertionError(f"never happened: {what}")
-
-
 @pytest.mark.ray
 def test_gateway_requests_travel_by_lane_and_fall_back_to_ray_when_lanes_are_switched_off(make_gateway,
                                                                                          fake_openai):
@@ -585,6 +576,16 @@ async def lane_router(endpoint: LaneEndpoint) -> router_module.RouterActor:
     return router
 
 
+async def one_request_held_on_the_lane() -> tuple[LaneEndpoint, router_module.RouterActor, asyncio.Future]:
+    """A router whose one request "r0" is running in the endpoint, by lane, until released."""
+    endpoint = LaneEndpoint()
+    endpoint.hold = asyncio.Event()
+    router = await lane_router(endpoint)
+    request = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="r0"))
+    await until(lambda: endpoint.by_lane, "the attempt reached the endpoint")
+    return endpoint, router, request
+
+
 def test_router_attempts_take_the_endpoint_lane():
     async def scenario():
         endpoint = LaneEndpoint()
@@ -633,11 +634,7 @@ def test_many_attempts_failing_on_one_unreachable_lane_count_as_one_failure():
 
 def test_an_endpoint_lane_lost_mid_request_re_dispatches_it_once():
     async def scenario():
-        endpoint = LaneEndpoint()
-        endpoint.hold = asyncio.Event()
-        router = await lane_router(endpoint)
-        waiting = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="r0"))
-        await until(lambda: endpoint.by_lane, "the attempt reached the endpoint")
+        endpoint, router, waiting = await one_request_held_on_the_lane()
         endpoint.dead_address = True  # the "restarted" actor's lane does not answer
         await endpoint.server.close()  # as when the actor dies
         answer = await asyncio.wait_for(waiting, 30)
@@ -650,11 +647,7 @@ def test_an_endpoint_lane_lost_mid_request_re_dispatches_it_once():
 
 def test_switching_lanes_off_lets_running_attempts_finish_on_their_lane():
     async def scenario():
-        endpoint = LaneEndpoint()
-        endpoint.hold = asyncio.Event()
-        router = await lane_router(endpoint)
-        running = asyncio.ensure_future(router.chat("gpt-4o-mini", MSG, request_id="r0"))
-        await until(lambda: endpoint.by_lane, "the attempt reached the endpoint")
+        endpoint, router, running = await one_request_held_on_the_lane()
         settings = await router.configure(direct_lane=False)
         endpoint.hold.set()
         first = await running

@@ -20,6 +20,7 @@ import pytest
 import ray
 
 import ipfs_accelerate_py as ia
+from waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -55,15 +56,6 @@ def key(tag: str = "") -> str:
 def endpoint(fake, eid: str, api_key: str, **kw) -> dict:
     return {"id": eid, "provider": "openai", "base_url": fake.base_url, "api_key": api_key,
             "models": [MODEL], **kw}
-
-
-def wait_until(predicate, what: str, tries: int = 2000, pause: float = 0.01):
-    for _ in range(tries):
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-    raise AssertionError(f"never happened: {what}")
 
 
 def soak_fp(api_key: str) -> str:
