@@ -755,7 +755,7 @@ class _Run:
                 loop.add_signal_handler(signal.SIGTERM, me.cancel)
                 installed = True
             except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
-                pass
+                pass  # a loop without signal handlers (Windows): SIGTERM keeps its default
         sem = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task] = set()
         syncer = asyncio.ensure_future(self._syncer())

@@ -46,8 +46,18 @@ LANE_INFO_TIMEOUT_S = 5.0
 
 
 _unwrap = unwrap
-#: the request methods: their arguments and answers travel as one blob (actors/wire.py)
-_PACKED = frozenset({"chat", "complete", "embed", "call"})
+
+
+def _value_of(blob: bytes) -> Any:
+    """The answer in the router's packed ``(error, answer)``, or its error raised."""
+    error, value = _read_answer(blob)
+    if error is not None:
+        raise error
+    return value
+
+
+def _router_failed(exc: LaneCallFailed) -> errors.ProviderError:
+    return errors.ProviderError(f"the router failed the request: {exc}", retryable=False)
 
 
 def _read_answer(blob: bytes) -> tuple[BaseException | None, Any]:
@@ -180,7 +190,7 @@ class Gateway:
                                              code="invalid_request") from None
 
     def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        if method in _PACKED:
+        if method in wire.REQUEST_METHODS:
             return self._request(self._pack(method, args, kwargs))
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
@@ -205,20 +215,14 @@ class Gateway:
                 self._reattach(deadline)
             except RayTaskError as exc:
                 raise _unwrap(exc) from None
-        error, value = _read_answer(answer)
-        if error is not None:
-            raise error
-        return value
+        return _value_of(answer)
 
     async def _acall(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        call = self._pack(method, args, kwargs) if method in _PACKED else None
+        call = self._pack(method, args, kwargs) if method in wire.REQUEST_METHODS else None
         if call is not None:
             answer = await self._aby_lane(call)
             if answer is not None:
-                error, value = _read_answer(answer)
-                if error is not None:
-                    raise error
-                return value
+                return _value_of(answer)
         deadline = time.monotonic() + ROUTER_RECOVERY_S
         while True:
             try:
@@ -256,7 +260,7 @@ class Gateway:
             self._lane_failed(exc, current=self._lane is lane)
             return None
         except LaneCallFailed as exc:
-            raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
+            raise _router_failed(exc) from None
 
     async def _aby_lane(self, call: bytes) -> bytes | None:
         loop = asyncio.get_running_loop()
@@ -279,7 +283,7 @@ class Gateway:
             self._lane_failed(exc, current=current)
             return None
         except LaneCallFailed as exc:
-            raise errors.ProviderError(f"the router failed the request: {exc}", retryable=False) from None
+            raise _router_failed(exc) from None
 
     def _lane_failed(self, exc: LaneUnavailable, *, current: bool) -> None:
         """This request now goes by Ray; decide what the next one does (the first caller

@@ -25,9 +25,6 @@ class Outbox(Generic[Item]):
         self._send = send
         self._items: list[tuple[Item, asyncio.Future]] = []
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def put(self, item: Item) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()

@@ -150,9 +150,13 @@ class _Connection:
         if job is not None:
             job.cancel()
 
-    def withdraw_all(self) -> None:
+    def close(self) -> None:
+        """The connection is over: nobody is left to read the answers of what runs."""
         for call_id in list(self.running):
             self.withdraw(call_id)
+        self.writer.close()
+        if self._closing is not None:
+            self._closing.cancel()
 
     def close_when_idle(self) -> None:
         """Close after DRAIN_GRACE_S unless a request is running by then."""
@@ -243,10 +247,7 @@ class LaneServer:
             pass  # the caller went away, or the server is closing
         finally:
             del self._connections[task]
-            conn.withdraw_all()  # nobody is left to read these answers
-            writer.close()
-            if conn._closing is not None:
-                conn._closing.cancel()
+            conn.close()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         nonce = os.urandom(_NONCE_BYTES)

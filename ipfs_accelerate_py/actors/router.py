@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 _ACTOR_GONE = (RayActorError, ActorUnavailableError)
 #: if every key is open for longer than this, fail at once instead of queueing
 FAIL_FAST_OPEN_S = 1.0
-#: what the Gateway facade sends through request_packed / request_many
-_PACKED_REQUESTS = frozenset({"chat", "complete", "embed", "call"})
 #: request_many holds a finished answer this long for its siblings (as EndpointActor.execute_many)
 REQUEST_REPLY_LINGER_S = 0.001
 #: a restarting endpoint actor is left alone this long before the next try
@@ -534,7 +532,7 @@ class RouterActor:
         except Exception as exc:  # noqa: BLE001
             raise errors.InvalidRequestError(f"the request could not be read: {type(exc).__name__}",
                                              code="invalid_request") from None
-        if method not in _PACKED_REQUESTS:
+        if method not in wire.REQUEST_METHODS:
             raise errors.InvalidRequestError(f"{method!r} is not a request method", code="invalid_request")
         return await getattr(self, method)(*args, **kwargs)
 
@@ -889,10 +887,9 @@ class RouterActor:
         for _, job, _ in sendable:
             job.sent = True
         self.counters["attempts"] += len(sendable)
+        if slot.lane is not None and slot.lane.closed:
+            slot.close_lane()
         lane = slot.lane
-        if lane is not None and lane.closed:
-            lane.retire()
-            slot.lane = lane = None
         if lane is None:
             self._open_lane(slot)
             self._send_by_ray(slot, sendable)
@@ -954,8 +951,7 @@ class RouterActor:
         not answer twice in a row is left alone for a while, doubling up to a minute."""
         if slot.lane is not lane:
             return
-        slot.lane = None
-        lane.retire()
+        slot.close_lane()
         if why == "connect":
             slot.lane_failures += 1
             if slot.lane_failures > 1:
@@ -1085,8 +1081,9 @@ class RouterActor:
             raise
 
     def _cancelled(self, in_flight: bool) -> None:
-        """The caller left (ray.cancel, a closed HTTP connection) before its answer.  An
-        attempt already sent runs to its end upstream; its answer is dropped."""
+        """The caller left (ray.cancel, a closed HTTP connection, a cancelled lane call)
+        before its answer.  An attempt sent by lane is cancelled in the endpoint too; one
+        sent as a Ray call runs to its end upstream and its answer is dropped."""
         self.counters["cancelled"] += 1
         self.counters["cancelled_in_flight"] += int(in_flight)
         self._finished("cancelled")

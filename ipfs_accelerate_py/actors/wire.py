@@ -25,6 +25,9 @@ from typing import Any, Callable
 
 from ray import cloudpickle
 
+#: the router methods a Gateway sends as one blob each (request_packed, request_many, lanes)
+REQUEST_METHODS = frozenset({"chat", "complete", "embed", "call"})
+
 
 def pack(obj: Any) -> bytes:
     return cloudpickle.dumps(obj, protocol=5)
