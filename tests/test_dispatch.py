@@ -168,18 +168,24 @@ def test_a_caller_that_leaves_before_the_flush_is_not_sent():
     assert key.single == ["stays"] and key.batches == []
 
 
-def test_an_actor_call_failing_without_an_outcome_is_a_typed_error_and_frees_the_slot():
+def failed_chat(reply, match: str):
+    """Request "r1" from a router whose one key answers every call with ``reply()``;
+    the ProviderError it fails with, the key's calls and the router."""
     key = RecordingHandle("k")
-    key.execute_packed = calls = ScriptedExecute(lambda: Ref(error=RuntimeError("object store trouble")))
+    key.execute_packed = calls = ScriptedExecute(reply)
     router = make_router(key)
 
     async def scenario(ready):
         router._ready = ready
-        with pytest.raises(errors.ProviderError, match="object store trouble") as info:
+        with pytest.raises(errors.ProviderError, match=match) as info:
             await router.chat("gpt-4o-mini", MSG, request_id="r1")
         return info.value
 
-    err = run(scenario)
+    return run(scenario), calls, router
+
+
+def test_an_actor_call_failing_without_an_outcome_is_a_typed_error_and_frees_the_slot():
+    err, calls, router = failed_chat(lambda: Ref(error=RuntimeError("object store trouble")), "object store trouble")
     assert err.endpoint_id == "k" and err.request_id == "r1"
     assert len(calls) >= 1 and router._slots["k"].in_flight == 0
     assert router.counters["failed"] == 1
@@ -233,17 +239,7 @@ def test_an_answer_that_cannot_be_read_fails_alone_and_is_not_retried():
             super().__init__(detail)
 
     bad = wire.pack(Outcome(error=Unreadable(detail="x")))
-    key = RecordingHandle("k")
-    key.execute_packed = sent = ScriptedExecute(lambda: Ref(bad))
-    router = make_router(key)
-
-    async def scenario(ready):
-        router._ready = ready
-        with pytest.raises(errors.ProviderError, match="could not be read") as info:
-            await router.chat("gpt-4o-mini", MSG, request_id="r1")
-        return info.value
-
-    err = run(scenario)
+    err, sent, _ = failed_chat(lambda: Ref(bad), "could not be read")
     assert not err.retryable and err.request_id == "r1" and len(sent) == 1  # served once, never re-run
 
 

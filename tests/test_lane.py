@@ -60,6 +60,15 @@ async def holding() -> tuple[Recorder, LaneServer, LaneAddress]:
     return (handler, *await started(handler))
 
 
+async def one_held_call(payload: bytes) -> tuple[Recorder, LaneServer, AsyncLaneClient, asyncio.Future]:
+    """A client whose call ``payload`` is running, held, in the server's handler."""
+    handler, server, address = await holding()
+    client = AsyncLaneClient(address)
+    call = asyncio.ensure_future(client.call(payload))
+    await until(lambda: handler.seen, "the request reached the handler")
+    return handler, server, client, call
+
+
 async def until(predicate, what: str, tries: int = 500) -> None:
     for _ in range(tries):
         if predicate():
@@ -137,10 +146,7 @@ def test_a_client_never_talks_to_a_server_that_cannot_prove_the_secret():
 
 def test_a_cancelled_caller_cancels_its_request_in_the_server_and_the_connection_lives_on():
     async def scenario():
-        handler, server, address = await holding()
-        client = AsyncLaneClient(address)
-        waiting = asyncio.ensure_future(client.call(b"hold-1"))
-        await until(lambda: handler.seen, "the request reached the handler")
+        handler, server, client, waiting = await one_held_call(b"hold-1")
         waiting.cancel()
         await until(lambda: handler.cancelled, "the handler was cancelled")
         after = await client.call(b"next")
@@ -237,10 +243,7 @@ def test_draining_answers_what_runs_refuses_what_comes_and_closes_idle_connectio
 
 def test_a_peer_that_reuses_a_running_call_id_is_dropped():
     async def scenario():
-        handler, server, address = await holding()
-        client = AsyncLaneClient(address)
-        first = asyncio.ensure_future(client.call(b"hold-a"))
-        await until(lambda: handler.seen, "the first request runs")
+        handler, server, client, first = await one_held_call(b"hold-a")
         client._writer.write(lane_module._frame(1, lane_module._REQUEST, b"hold-b"))  # id 1 again
         result = await asyncio.gather(first, return_exceptions=True)
         await server.close()
